@@ -1,0 +1,112 @@
+"""Training configuration presets: the official StyleGAN2-ADA table plus a `tiny` preset for CPU.
+
+The numbers of the official presets are the paper's (StyleGAN2-ADA, Karras et al. 2020, Appendix D and
+the reference implementation's `--cfg` table). `auto` is a pure function of resolution and GPU count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One row of the preset table; -1 marks values that `auto` derives from resolution and GPUs."""
+
+    ref_gpus: int            # GPU count the batch split was tuned for
+    kimg: int                # training length in thousands of real images shown
+    mb: int                  # global minibatch
+    mbstd: int               # minibatch-stddev group size
+    fmaps: float             # channel_base = fmaps * 32768
+    lrate: float             # Adam learning rate for G and D
+    gamma: float             # R1 weight
+    ema: float               # G_ema half-life in kimg
+    ramp: float | None       # EMA ramp-up (fraction of images seen), None = off
+    map: int                 # mapping network depth
+    channel_max: int = 512   # widest layer
+    z_dim: int = 512
+    w_dim: int = 512
+    num_fp16_res: int = 4    # top resolutions in fp16 (CUDA only)
+    conv_clamp: float | None = 256
+    pl_weight: float = 2.0   # path-length regularization weight (0 = off)
+    style_mixing_prob: float = 0.9
+    d_architecture: str = "resnet"
+
+
+PRESETS: dict[str, Preset] = {
+    "auto":      Preset(ref_gpus=-1, kimg=25000,  mb=-1, mbstd=-1, fmaps=-1,  lrate=-1,     gamma=-1,   ema=-1,  ramp=0.05, map=2),  # noqa: E501
+    "stylegan2": Preset(ref_gpus=8,  kimg=25000,  mb=32, mbstd=4,  fmaps=1,   lrate=0.002,  gamma=10,   ema=10,  ramp=None, map=8),  # noqa: E501
+    "paper256":  Preset(ref_gpus=8,  kimg=25000,  mb=64, mbstd=8,  fmaps=0.5, lrate=0.0025, gamma=1,    ema=20,  ramp=None, map=8),  # noqa: E501
+    "paper512":  Preset(ref_gpus=8,  kimg=25000,  mb=64, mbstd=8,  fmaps=1,   lrate=0.0025, gamma=0.5,  ema=20,  ramp=None, map=8),  # noqa: E501
+    "paper1024": Preset(ref_gpus=8,  kimg=25000,  mb=32, mbstd=4,  fmaps=1,   lrate=0.002,  gamma=2,    ema=10,  ramp=None, map=8),  # noqa: E501
+    # CIFAR-10: no path length regularization, no style mixing, no residual D (paper, Appendix D).
+    "cifar":     Preset(ref_gpus=2,  kimg=100000, mb=64, mbstd=32, fmaps=1,   lrate=0.0025, gamma=0.01, ema=500, ramp=0.05, map=2,    # noqa: E501
+                        pl_weight=0.0, style_mixing_prob=0.0, d_architecture="orig"),
+    # Not an official preset: 64 channels at every resolution up to 32 px, so a CPU trains it in
+    # tens of seconds per kimg. For tests and the demo, not for quality.
+    "tiny":      Preset(ref_gpus=1,  kimg=50,     mb=16, mbstd=4,  fmaps=1 / 16, lrate=0.0025, gamma=-1, ema=-1, ramp=0.05, map=2,  # noqa: E501
+                        channel_max=64, z_dim=64, w_dim=64, num_fp16_res=0),
+}
+
+
+def resolve_preset(name: str, resolution: int, gpus: int = 1) -> Preset:
+    """The preset with every `auto` value filled in (official heuristics for `auto`)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown config {name!r}; choose one of {sorted(PRESETS)}")
+    if resolution < 4 or resolution & (resolution - 1):
+        raise ValueError(f"resolution must be a power of two >= 4, got {resolution}")
+    if gpus < 1:
+        raise ValueError(f"gpus must be >= 1, got {gpus}")
+    spec = PRESETS[name]
+    if name == "auto":
+        mb = max(min(gpus * min(4096 // resolution, 32), 64), gpus)  # bounded per-GPU memory
+        spec = dataclasses.replace(
+            spec,
+            ref_gpus=gpus,
+            mb=mb,
+            mbstd=min(mb // gpus, 4),  # a fixed group size keeps other hyperparameters predictable
+            fmaps=1 if resolution >= 512 else 0.5,
+            lrate=0.002 if resolution >= 1024 else 0.0025,
+            gamma=0.0002 * resolution**2 / mb,
+            ema=mb * 10 / 32,
+        )
+    elif name == "tiny":
+        spec = dataclasses.replace(spec, gamma=0.0002 * resolution**2 / spec.mb, ema=spec.mb * 10 / 32)
+    return spec
+
+
+def network_kwargs(
+    spec: Preset, img_resolution: int, img_channels: int = 3, c_dim: int = 0
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Constructor kwargs for (Generator, Discriminator), laid out like the official networks' init kwargs."""
+    channel_base = int(spec.fmaps * 32768)
+    g_kwargs = dict(
+        z_dim=spec.z_dim,
+        c_dim=c_dim,
+        w_dim=spec.w_dim,
+        img_resolution=img_resolution,
+        img_channels=img_channels,
+        mapping_kwargs=dict(num_layers=spec.map),
+        synthesis_kwargs=dict(
+            channel_base=channel_base,
+            channel_max=spec.channel_max,
+            num_fp16_res=spec.num_fp16_res,
+            conv_clamp=spec.conv_clamp,
+        ),
+    )
+    d_kwargs = dict(
+        c_dim=c_dim,
+        img_resolution=img_resolution,
+        img_channels=img_channels,
+        architecture=spec.d_architecture,
+        channel_base=channel_base,
+        channel_max=spec.channel_max,
+        num_fp16_res=spec.num_fp16_res,
+        conv_clamp=spec.conv_clamp,
+        block_kwargs={},
+        mapping_kwargs={},
+        epilogue_kwargs=dict(mbstd_group_size=spec.mbstd),
+    )
+    return g_kwargs, d_kwargs
