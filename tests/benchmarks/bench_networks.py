@@ -18,9 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import ops  # noqa: E402
-from models import Discriminator, Generator  # noqa: E402
-from models.presets import network_kwargs, resolve_preset  # noqa: E402
+import ops
+from models import Discriminator, Generator
+from models.presets import network_kwargs, resolve_preset
 
 CASES = [("cifar", 32, 10), ("auto", 64, 0), ("auto", 128, 0)]
 
