@@ -5,6 +5,7 @@
 executing code stored in them) and URLs.
 """
 
+from models.augment import AUGPIPE_SPECS, AugmentParams, AugmentPipe, make_augment_pipe
 from models.discriminator import Discriminator
 from models.generator import Generator
 from models.legacy import UnsafePickleError, UnsupportedPickleError
@@ -14,6 +15,9 @@ from models.snapshot import SnapshotError, StateMismatchError, load_snapshot, sa
 from models.synthesis import SynthesisNetwork
 
 __all__ = [
+    "AUGPIPE_SPECS",
+    "AugmentParams",
+    "AugmentPipe",
     "Discriminator",
     "Generator",
     "MappingNetwork",
@@ -24,6 +28,7 @@ __all__ = [
     "UnsupportedPickleError",
     "load_network",
     "load_snapshot",
+    "make_augment_pipe",
     "save_network",
     "save_snapshot",
 ]
