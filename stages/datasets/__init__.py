@@ -1,0 +1,1 @@
+"""Dataset sources, per-image conversion, atomic writers and the training-time loader."""
