@@ -52,10 +52,14 @@ def modulated_conv2d(
 
     w = None
     dcoefs = None
-    if demodulate or fused_modconv:
+    if fused_modconv or (demodulate and impl == "ref"):
         w = weight.unsqueeze(0) * styles.reshape(batch_size, 1, -1, 1, 1)  # [NOIkk]
-    if demodulate:
+    if demodulate and w is not None:
         dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # [NO]
+    elif demodulate:
+        # sum_ik (W_oik s_ni)^2 = sum_i s_ni^2 sum_k W_oik^2: a [NI]x[IO] matmul instead of
+        # materialising the per-sample weights, which took ~40% of G's CPU time when unfused.
+        dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()  # [NO]
     if demodulate and fused_modconv:
         w = w * dcoefs.reshape(batch_size, -1, 1, 1, 1)  # [NOIkk]
 
