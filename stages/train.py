@@ -1,0 +1,93 @@
+"""`python -m stages.train`: train StyleGAN2-ADA (reads the `train:` section of params.yaml, flags override).
+
+Example (CPU, seconds):  python -m stages.train --data data/datasets/tiny.zip --cfg tiny --kimg 0.1 --aug noaug
+Multi-GPU:               accelerate launch --config_file infra/accelerate/2gpu.yaml -m stages.train --data ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+
+from stages.config import ConfigError, add_params_argument, config_from_args
+from stages.training.checkpoint import CheckpointError
+from stages.training.config import TrainConfig
+from stages.training.setup import TrainingDiverged
+
+HELP = {
+    "data": "training data: dataset ZIP or folder (required)",
+    "outdir": "parent folder of numbered run folders",
+    "run_dir": "exact run folder instead of <outdir>/<id>-<desc>",
+    "cfg": "preset: auto|stylegan2|paper256|paper512|paper1024|cifar|tiny",
+    "cond": "condition on dataset labels",
+    "mirror": "add x-flipped copies of the images",
+    "subset": "train on a random subset of N images",
+    "gamma": "R1 regularization weight (default: preset)",
+    "kimg": "training length in thousands of real images (fractions allowed)",
+    "batch": "global minibatch over all processes",
+    "batch_gpu": "samples per process per accumulation round",
+    "snap": "network snapshot interval in ticks",
+    "image_snapshot_ticks": "fakes grid interval in ticks (default: snap)",
+    "checkpoint_ticks": "full-state checkpoint interval in ticks (default: snap)",
+    "keep_checkpoints": "keep the newest K complete checkpoints",
+    "seed": "random seed",
+    "resume": "'latest', a checkpoint folder, or a snapshot/official pickle path or URL (transfer learning)",
+    "freezed": "Freeze-D: the first N discriminator layers are not trained",
+    "freeze_mapping": "keep the generator's mapping network fixed",
+    "fp32": "disable mixed precision",
+    "nhwc": "channels-last memory format for fp16 layers",
+    "allow_tf32": "allow TF32 matmuls/convolutions",
+    "nobench": "disable cuDNN benchmarking",
+    "workers": "DataLoader worker processes",
+    "metrics": "comma-separated metric names (computed by the evaluate stage; noted and skipped here)",
+    "aug": "augmentation: noaug|ada|fixed",
+    "p": "augmentation probability for aug=fixed",
+    "target": "ADA target for the r_t heuristic (default 0.6)",
+    "augpipe": "augmentation pipeline (e.g. bgc)",
+    "ada_kimg": "kimg for ADA's p to move by one unit",
+    "ada_interval": "ADA adjustment every N minibatches",
+    "tick_kimg": "progress tick length in kimg",
+    "grid_w": "image grid columns (0 = official layout)",
+    "grid_h": "image grid rows (0 = official layout)",
+    "cpu": "train on CPU even when CUDA is available",
+    "mlflow": "log to MLflow (also: SG2_MLFLOW=1)",
+    "dry_run": "print the resolved options and exit",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_params_argument(parser)
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{HELP.get(f.name, '')} (default: {f.default!r})"
+        if hints[f.name] is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            # Values stay strings here: stages.config coerces and validates them like params.yaml values.
+            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(TrainConfig, "train", args, [f.name for f in dataclasses.fields(TrainConfig)])
+        from stages.training.loop import train  # networks and Accelerate load only once the flags are valid
+
+        train(cfg)
+    except (ConfigError, CheckpointError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        print(f"error: training diverged: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Dataset access for training: a deterministic infinite batch sampler whose position is resumable."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+
+class InfiniteBatchSampler(torch.utils.data.Sampler):
+    """Global batches from an endless sequence of seeded per-epoch permutations.
+
+    Item `i` of the sequence is `perm(seed, i // n)[i % n]`, so the sequence is a pure function of
+    (seed, position): saving `position` (images consumed over all processes) resumes exactly, and
+    process `rank` of `world` takes its slice of every global batch.
+    """
+
+    def __init__(self, size: int, batch: int, seed: int, rank: int = 0, world: int = 1, start: int = 0) -> None:
+        if size <= 0:
+            raise ValueError("empty dataset")
+        if batch % world:
+            raise ValueError(f"batch {batch} is not divisible by {world} processes")
+        self.size, self.batch, self.seed, self.rank, self.world, self.start = size, batch, seed, rank, world, start
+        self._perm_epoch = -1
+        self._perm = np.arange(size)
+
+    def _item(self, i: int) -> int:
+        epoch, off = divmod(i, self.size)
+        if epoch != self._perm_epoch:
+            self._perm = np.random.RandomState([self.seed, epoch]).permutation(self.size)
+            self._perm_epoch = epoch
+        return int(self._perm[off])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        local = self.batch // self.world
+        pos = self.start
+        while True:
+            first = pos + self.rank * local
+            yield [self._item(i) for i in range(first, first + local)]
+            pos += self.batch
+
+    def __len__(self) -> int:  # DataLoader asks; the sequence is endless
+        return 2**62
+
+
+def make_loader(dataset, sampler: InfiniteBatchSampler, workers: int, seed: int) -> torch.utils.data.DataLoader:
+    # An explicit generator keeps the DataLoader from drawing its base seed from the global torch RNG,
+    # whose state is part of the checkpoint.
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=workers, prefetch_factor=2 if workers else None,
+        generator=torch.Generator().manual_seed(seed), persistent_workers=False,
+    )

@@ -1,0 +1,209 @@
+"""End-to-end training on CPU: tiny preset, 16 px, batch 4, a few steps (one tick per step)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from stages.config import ConfigError
+from stages.train import main as cli_main
+from stages.training import checkpoint as ckpt
+from stages.training.config import TrainConfig
+from stages.training.loop import train
+from stages.training.setup import TrainingDiverged
+
+ROOT = Path(__file__).resolve().parents[1]
+STEP_KIMG = 0.004  # one batch of 4
+
+
+def make_zip(path: Path, n: int = 8, res: int = 16, labels: bool = False) -> Path:
+    """A dataset in the official layout: 00000/img########.png + dataset.json."""
+    rng = np.random.RandomState(0)
+    entries = []
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(n):
+            buf = io.BytesIO()
+            PIL.Image.fromarray((rng.rand(res, res, 3) * 255).astype(np.uint8)).save(buf, "PNG")
+            name = f"00000/img{i:08d}.png"
+            zf.writestr(name, buf.getvalue())
+            entries.append([name, i % 2])
+        zf.writestr("dataset.json", json.dumps({"labels": entries if labels else None}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_zip(tmp_path_factory.mktemp("data") / "toy.zip")
+
+
+def cfg(data: Path, run_dir: Path, steps: int, **kw) -> TrainConfig:
+    base = dict(data=str(data), run_dir=str(run_dir), cfg="tiny", aug="noaug", batch=4, kimg=steps * STEP_KIMG,
+                tick_kimg=STEP_KIMG, snap=1, checkpoint_ticks=1, keep_checkpoints=2, workers=0, grid_w=2, grid_h=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def latest_state(run_dir: Path) -> dict:
+    state, _ = ckpt.load_checkpoint(ckpt.find_latest(run_dir))
+    return state
+
+
+def assert_same(a, b, where: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{where} differs (max abs {(a.double() - b.double()).abs().max():.3g})"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def test_smoke_outputs_losses_and_fakes(data, tmp_path):
+    run = train(cfg(data, tmp_path / "run", steps=2, metrics=("fid50k_full",)))
+    names = sorted(p.name for p in run.iterdir())
+    assert names == ["checkpoints", "fakes000000.png", "fakes_init.png", "log.txt",
+                     "network-snapshot-000000.safetensors", "reals.png", "stats.jsonl", "training_options.json"]
+    records = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    for key in ("Loss/G/loss", "Loss/D/loss", "Loss/G/reg", "Loss/D/reg"):
+        assert np.isfinite(records[0][key]["mean"]), key
+    assert records[1]["Progress/kimg"]["mean"] == pytest.approx(2 * STEP_KIMG)
+    init = np.asarray(PIL.Image.open(run / "fakes_init.png"))
+    assert init.shape == (32, 32, 3)
+    assert not np.array_equal(init, np.asarray(PIL.Image.open(run / "fakes000000.png")))
+    opts = json.loads((run / "training_options.json").read_text())
+    assert opts["batch_size"] == 4 and opts["G_reg_interval"] == 4 and opts["D_reg_interval"] == 16
+    log = (run / "log.txt").read_text()
+    assert "metric fid50k_full" in log and "tick 1" in log
+    from models import load_network
+
+    nets = load_network(run / "network-snapshot-000000.safetensors")
+    assert_same(nets["G_ema"].state_dict(), latest_state(run)["G_ema"], "snapshot G_ema")
+
+
+def test_resume_is_bit_exact(data, tmp_path):
+    """2 steps straight == 1 step, checkpoint, resume, 1 step: weights, optimizers, RNG, counters, stats.
+
+    Bit-identical (torch.equal), not within a tolerance: same process, same thread count, and every
+    random draw comes from restored generators. Step 1 runs all four phases, step 2 only Gmain/Dmain.
+    """
+    straight = train(cfg(data, tmp_path / "a", steps=2))
+    first = train(cfg(data, tmp_path / "b", steps=1))
+    resumed = train(cfg(data, tmp_path / "b", steps=2, resume="latest"))
+    assert first == resumed
+    a, b = latest_state(straight), latest_state(resumed)
+    for key in ("G", "D", "G_ema", "optimizers", "pl_mean", "rng", "sampler_position", "stats"):
+        assert_same(a[key], b[key], key)
+    assert {k: v for k, v in a["progress"].items() if k != "elapsed_sec"} == \
+        {k: v for k, v in b["progress"].items() if k != "elapsed_sec"}
+    assert "resuming from checkpoint" in (resumed / "log.txt").read_text()
+
+
+def test_nan_stops_with_phase_and_tick_and_keeps_checkpoint(data, tmp_path, monkeypatch):
+    import models.loss
+
+    real = models.loss.g_nonsaturating_loss
+    calls = {"n": 0}
+
+    def poisoned(logits):
+        calls["n"] += 1
+        out = real(logits)
+        return out * float("nan") if calls["n"] > 1 else out  # step 1 fine, step 2 diverges
+
+    monkeypatch.setattr(models.loss, "g_nonsaturating_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"phase Gmain at tick 1"):
+        train(cfg(data, tmp_path / "run", steps=3))
+    good = ckpt.find_latest(tmp_path / "run")
+    assert good is not None and good.name == ckpt.checkpoint_name(4)
+
+
+def test_dry_run_prints_table_and_writes_nothing(data, tmp_path, capsys):
+    assert cli_main(["--data", str(data), "--outdir", str(tmp_path / "runs"), "--cfg", "tiny", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "G_kwargs.synthesis_kwargs.channel_base" in out and "batch_size" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_user_errors_are_one_line(data, tmp_path, capsys):
+    assert cli_main(["--data", str(data), "--cfg", "bogus", "--outdir", str(tmp_path)]) == 2
+    assert cli_main(["--data", str(tmp_path / "missing.zip"), "--outdir", str(tmp_path)]) == 2
+    assert cli_main(["--data", str(data), "--aug", "noaug", "--p", "0.5", "--outdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("error: ") for line in err), err
+    assert "Traceback" not in "".join(err)
+    with pytest.raises(ConfigError, match="cond"):
+        train(cfg(data, tmp_path / "c", steps=1, cond=True))
+
+
+def test_explicit_run_dir_with_checkpoints_needs_resume(data, tmp_path):
+    ckpt.save_checkpoint(tmp_path / "run", {"x": torch.zeros(1)}, 4, {"config_hash": "x"}, keep=1)
+    with pytest.raises(ConfigError, match="--resume latest"):
+        train(cfg(data, tmp_path / "run", steps=1))
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line in a subprocess: signals and hard kills.
+
+
+def _start_cli(data: Path, run: Path, steps: int, *extra: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "stages.train", "--data", str(data), "--run-dir", str(run), "--cfg", "tiny",
+            "--aug", "noaug", "--batch", "4", "--kimg", str(steps * STEP_KIMG), "--tick-kimg", str(STEP_KIMG),
+            "--snap", "1", "--workers", "0", "--grid-w", "2", "--grid-h", "2", *extra]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early ({proc.returncode}): {proc.stdout.read()}")
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError("timed out waiting for training progress")
+        time.sleep(0.2)
+
+
+def test_sigterm_writes_checkpoint_and_exits_zero(data, tmp_path):
+    run = tmp_path / "run"
+    proc = _start_cli(data, run, 200, "--checkpoint-ticks", "1000")
+    _wait_for(lambda: (run / "log.txt").exists() and "tick 0" in (run / "log.txt").read_text(), proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "stopped by signal" in out
+    latest = ckpt.find_latest(run)
+    assert latest is not None and 0 < json.loads((latest / ckpt.META).read_text())["cur_nimg"] < 800
+
+
+@pytest.mark.slow
+def test_kill9_then_resume_latest(data, tmp_path):
+    run = tmp_path / "run"
+    proc = _start_cli(data, run, 200, "--checkpoint-ticks", "1")
+    _wait_for(lambda: len(ckpt.list_complete(run)) >= 2, proc)
+    proc.kill()  # SIGKILL: no handler, possibly mid-write
+    proc.wait()
+    before = ckpt.find_latest(run)
+    nimg = json.loads((before / ckpt.META).read_text())["cur_nimg"]
+    resume = _start_cli(data, run, nimg // 4 + 1, "--resume", "latest")
+    out, _ = resume.communicate(timeout=300)
+    assert resume.returncode == 0, out
+    assert f"resuming from checkpoint {before}" in out
+    assert json.loads((ckpt.find_latest(run) / ckpt.META).read_text())["cur_nimg"] == nimg + 4
