@@ -1,7 +1,7 @@
 """`python -m stages.train`: train StyleGAN2-ADA (reads the `train:` section of params.yaml, flags override).
 
 Example (CPU, seconds):  python -m stages.train --data data/datasets/tiny.zip --cfg tiny --kimg 0.1 --aug noaug
-Multi-GPU:               accelerate launch --config_file infra/accelerate/2gpu.yaml -m stages.train --data ...
+Multi-GPU:               accelerate launch --config_file infra/accelerate/8gpu.yaml -m stages.train --data ...
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ HELP = {
     "checkpoint_ticks": "full-state checkpoint interval in ticks (default: snap)",
     "keep_checkpoints": "keep the newest K complete checkpoints",
     "seed": "random seed",
-    "resume": "'latest', a checkpoint folder, or a snapshot/official pickle path or URL (transfer learning)",
+    "resume": ("'latest', 'auto' (latest, or a fresh run in run_dir when options changed), a checkpoint folder, "
+               "or a snapshot/official pickle path or URL (transfer learning)"),
     "freezed": "Freeze-D: the first N discriminator layers are not trained",
     "freeze_mapping": "keep the generator's mapping network fixed",
     "fp32": "disable mixed precision",

@@ -207,3 +207,20 @@ def test_kill9_then_resume_latest(data, tmp_path):
     assert resume.returncode == 0, out
     assert f"resuming from checkpoint {before}" in out
     assert json.loads((ckpt.find_latest(run) / ckpt.META).read_text())["cur_nimg"] == nimg + 4
+
+
+def test_resume_auto_continues_same_options_and_restarts_changed_ones(data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(cfg(data, run_dir, steps=1))
+    # Same options, longer run (what `dvc repro` does after a crash or a kimg bump): continues.
+    train(cfg(data, run_dir, steps=2, resume="auto"))
+    assert "resuming from checkpoint" in (run_dir / "log.txt").read_text()
+    assert len(ckpt.list_complete(run_dir)) == 2
+    # A changed option (gamma): the old run is cleared and a new one starts from step 0.
+    train(cfg(data, run_dir, steps=1, resume="auto", gamma=3.0))
+    out = capsys.readouterr().out
+    assert "options changed" in out and "gamma" in out.replace("r1_gamma", "gamma")
+    assert "resuming" not in (run_dir / "log.txt").read_text()
+    # Only the new run's single checkpoint is left, at the first step's image count.
+    assert [p.name for p in ckpt.list_complete(run_dir)] == [ckpt.checkpoint_name(4)]
+    assert json.loads((run_dir / "training_options.json").read_text())["loss_kwargs"]["r1_gamma"] == 3.0

@@ -31,6 +31,7 @@ from stages.training.setup import (
     TrainingDiverged,
     build_augment_pipe,
     build_phases,
+    clear_run_dir,
     cpu_rss_gb,
     ema_copy,
     format_time,
@@ -53,7 +54,7 @@ def train(cfg: TrainConfig) -> Path | None:
     dist = world > 1 and torch.distributed.is_initialized()
     dataset = ImageFolderDataset(cfg.data, max_size=cfg.subset, use_labels=cfg.cond, xflip=cfg.mirror,
                                  random_seed=cfg.seed)
-    transfer = cfg.resume not in (None, "latest") and not Path(cfg.resume).is_dir()
+    transfer = cfg.resume not in (None, "latest", "auto") and not Path(cfg.resume).is_dir()
     opts = resolve_options(cfg, dataset, world, device.type, transfer=transfer)
     run_dir, restore_from, transfer = locate_run(cfg, dataset.name, opts)
     if restore_from is not None:
@@ -68,6 +69,17 @@ def train(cfg: TrainConfig) -> Path | None:
             print(format_table(cfg, opts))
         return None
     ident = dict(identity_options(opts), dataset_hash=dataset.content_hash(), transfer=opts["resume_pkl"] is not None)
+    if restore_from is not None and cfg.resume == "auto":
+        saved = json.loads((restore_from / ckpt.META).read_text())
+        if saved.get("config_hash") != config_hash(ident):
+            # `auto` is for pipelines (DVC keeps the run folder between runs): a crash resumes, but a
+            # changed option means a new experiment, so the old run folder is cleared, not continued.
+            if main:
+                print(f"options changed since {restore_from.name} ("
+                      + "; ".join(diff_keys(saved.get("identity", {}), ident)) + "); starting a new run")
+                clear_run_dir(run_dir)
+            acc.wait_for_everyone()
+            restore_from = None
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / "training_options.json", dict(opts, run_dir=str(run_dir)))

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -62,6 +63,7 @@ def locate_run(cfg: TrainConfig, dataset_name: str, opts: dict[str, Any]) -> tup
 
     - no resume: a fresh run (`run_dir`, or `<outdir>/<id:05d>-<desc>`); an explicit run_dir that
       already holds checkpoints is refused rather than silently overwritten;
+    - `auto`: like `latest`, but a checkpoint written with other options starts a new run instead;
     - `latest`: the newest complete checkpoint of `run_dir`, or of the newest numbered run in `outdir`;
       none yet means a fresh start (so a retried job needs no special case);
     - a checkpoint folder: full state;
@@ -81,7 +83,7 @@ def locate_run(cfg: TrainConfig, dataset_name: str, opts: dict[str, Any]) -> tup
         if explicit is not None and ckpt.find_latest(explicit) is not None:
             raise ConfigError(f"{explicit} already has checkpoints; pass --resume latest to continue it")
         return fresh(), None, False
-    if cfg.resume == "latest":
+    if cfg.resume in ("latest", "auto"):
         candidates = [explicit] if explicit is not None else list(reversed(_numbered_runs(outdir)))
         for run in candidates:
             found = ckpt.find_latest(run)
@@ -217,3 +219,12 @@ def progress_dict(p: Progress) -> dict[str, Any]:
 
 def now() -> float:
     return time.time()
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Empty a run folder before a fresh start in the same place (`--resume auto` after an option change)."""
+    for child in run_dir.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
