@@ -25,6 +25,8 @@ HELP = {
     "mirror": "add x-flipped copies of the images",
     "subset": "train on a random subset of N images",
     "gamma": "R1 regularization weight (default: preset)",
+    "pl_weight": "path-length regularization weight (default: preset; 0 = off)",
+    "style_mixing": "style-mixing probability (default: preset; 0 = off)",
     "kimg": "training length in thousands of real images (fractions allowed)",
     "batch": "global minibatch over all processes",
     "batch_gpu": "samples per process per accumulation round",

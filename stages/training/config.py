@@ -38,6 +38,8 @@ class TrainConfig:
     mirror: bool = False                  # x-flip augmentation of the dataset
     subset: int | None = None             # train on a random subset of N images
     gamma: float | None = None            # R1 weight
+    pl_weight: float | None = None        # path-length regularization weight (None = preset; 0 = off)
+    style_mixing: float | None = None     # style-mixing probability (None = preset; 0 = off)
     kimg: float | None = None             # training length in thousands of images (fractions allowed)
     batch: int | None = None              # global minibatch over all processes
     batch_gpu: int | None = None          # samples per process per round (gradient accumulation below batch)
@@ -86,6 +88,10 @@ class TrainConfig:
                 raise ConfigError(f"{name}: must be >= 0, got {value}")
         if self.gamma is not None and self.gamma < 0:
             raise ConfigError(f"gamma: must be >= 0, got {self.gamma}")
+        if self.pl_weight is not None and self.pl_weight < 0:
+            raise ConfigError(f"pl_weight: must be >= 0, got {self.pl_weight}")
+        if self.style_mixing is not None and not 0 <= self.style_mixing <= 1:
+            raise ConfigError(f"style_mixing: must be in [0, 1], got {self.style_mixing}")
         if self.batch is not None and self.batch_gpu is not None and self.batch % self.batch_gpu:
             raise ConfigError(f"batch ({self.batch}) must be a multiple of batch_gpu ({self.batch_gpu})")
         if self.p is not None:
@@ -162,7 +168,8 @@ def resolve_options(
         G_opt_kwargs=dict(lr=spec.lrate, betas=list(ADAM_BETAS), eps=ADAM_EPS),
         D_opt_kwargs=dict(lr=spec.lrate, betas=list(ADAM_BETAS), eps=ADAM_EPS),
         loss_kwargs=dict(r1_gamma=cfg.gamma if cfg.gamma is not None else spec.gamma,
-                         pl_weight=spec.pl_weight, style_mixing_prob=spec.style_mixing_prob),
+                         pl_weight=spec.pl_weight if cfg.pl_weight is None else cfg.pl_weight,
+                         style_mixing_prob=spec.style_mixing_prob if cfg.style_mixing is None else cfg.style_mixing),
         augment_kwargs=dict(augpipe=cfg.augpipe) if augment else None,
         metrics=list(cfg.metrics),
         random_seed=cfg.seed,

@@ -136,6 +136,12 @@ def train(cfg: TrainConfig) -> Path | None:
     elif transfer:
         log(f"starting from network weights {cfg.resume} (transfer learning)")
         transfer_weights(cfg.resume, nets)
+    if dist:
+        # Each process built its networks from its own seed; the run's weights are rank 0's (what DDP
+        # would broadcast at construction). Restored and transferred weights are identical already.
+        for module in [*nets.values(), augment_pipe]:
+            for t in [*module.parameters(), *module.buffers()] if module is not None else []:
+                torch.distributed.broadcast(t.data, src=0)
     sampler = InfiniteBatchSampler(len(dataset), batch, opts["random_seed"], rank, world, start=prog.batch_idx * batch)
     batches = iter(make_loader(dataset, sampler, cfg.workers, opts["random_seed"]))
 
@@ -168,7 +174,8 @@ def train(cfg: TrainConfig) -> Path | None:
             tick_start, maintenance = now(), now() - start
             while True:
                 real_img, real_c = next(batches)
-                step(phases, loss, real_img, real_c, dataset, prog, batch, batch_gpu, device, G.z_dim, dist)
+                step(phases, loss, real_img, real_c, dataset, prog, batch, batch_gpu, device, G.z_dim, dist,
+                     seed=opts["random_seed"], rank=rank, world=world)
                 _update_ema(G_ema, G, ema_beta(batch, opts["ema_kimg"], prog.cur_nimg, opts["ema_rampup"]))
                 prog.cur_nimg += batch
                 prog.batch_idx += 1
@@ -243,22 +250,38 @@ def train(cfg: TrainConfig) -> Path | None:
 
 
 def step(phases: list[Phase], loss: StyleGAN2Loss, real_img: torch.Tensor, real_c: torch.Tensor, dataset,
-         prog: Progress, batch: int, batch_gpu: int, device: torch.device, z_dim: int, dist: bool) -> None:
+         prog: Progress, batch: int, batch_gpu: int, device: torch.device, z_dim: int, dist: bool,
+         seed: int = 0, rank: int = 0, world: int = 1) -> None:
     """One minibatch: every phase due at this batch_idx, each accumulating over rounds of batch_gpu."""
     local = real_img.shape[0]
     real_imgs = (real_img.to(device).to(torch.float32) / 127.5 - 1).split(batch_gpu)  # [NCHW] in [-1, 1]
     real_cs = real_c.to(device).split(batch_gpu)
-    all_z = torch.randn([len(phases) * local, z_dim], device=device).split(local)
-    all_c = [dataset.get_label(np.random.randint(len(dataset))) for _ in range(len(phases) * local)]
-    all_c = torch.from_numpy(np.stack(all_c)).to(device).split(local)
-    for phase, gen_z, gen_c in zip(phases, all_z, all_c):
+    # Latents and labels of the whole global batch come from a generator seeded by (seed, step), and
+    # each process takes its slice: the run is then the same function of the seed for any process
+    # count, and a resumed run needs no RNG state to draw them.
+    n = len(phases)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + prog.batch_idx)
+    global_z = torch.randn([n, local * world, z_dim], generator=gen)
+    picks = np.random.RandomState([seed, prog.batch_idx]).randint(len(dataset), size=[n, local * world])
+    mine = slice(rank * local, (rank + 1) * local)
+    all_z = global_z[:, mine].to(device).unbind(0)
+    all_c = [torch.from_numpy(np.stack([dataset.get_label(i) for i in row[mine]])).to(device) for row in picks]
+    rounds = len(real_imgs)
+    for phase_idx, (phase, gen_z, gen_c) in enumerate(zip(phases, all_z, all_c)):
         if prog.batch_idx % phase.interval != 0:
             continue
         phase.opt.zero_grad(set_to_none=True)
         for p in phase.params:
             p.requires_grad_(True)
-        for real, rc, z, c in zip(real_imgs, real_cs, gen_z.split(batch_gpu), gen_c.split(batch_gpu)):
-            loss.accumulate_gradients(phase.name, real, rc, z, c, gain=phase.interval)
+        for r, (real, rc, z, c) in enumerate(zip(real_imgs, real_cs, gen_z.split(batch_gpu), gen_c.split(batch_gpu))):
+            # Reseed per (step, phase, global round): the randomness inside the phase (synthesis
+            # noise, style-mixing cutoff, path-length noise, augmentation) is then the same whether
+            # a round runs on this process or another, so N processes reproduce one process.
+            torch.manual_seed(((seed * 1_000_003 + prog.batch_idx) * 8 + phase_idx) * 65_536 + rank * rounds + r)
+            # gain / rounds: the accumulated gradient is the mean over the global batch however it is
+            # split into rounds and processes (the official loop sums round means, so its gradient
+            # scale changed with batch_gpu; Adam hides most, not all, of that through eps).
+            loss.accumulate_gradients(phase.name, real, rc, z, c, gain=phase.interval / rounds)
         for p in phase.params:
             p.requires_grad_(False)
         if not _reduce_and_check(phase.params, dist):
@@ -272,11 +295,14 @@ def _reduce_and_check(params: list[torch.nn.Parameter], dist: bool) -> bool:
     """Average gradients over processes (one flat all-reduce) and say whether all of them are finite."""
     if dist:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]  # same layout everywhere
-        flat = torch.cat([g.flatten() for g in grads])
+        has_grad = torch.tensor([float(p.grad is not None) for p in params], device=grads[0].device)
+        flat = torch.cat([g.flatten() for g in grads] + [has_grad])
         torch.distributed.all_reduce(flat)
-        flat /= torch.distributed.get_world_size()
-        for p, g in zip(params, flat.split([g.numel() for g in grads])):
-            p.grad = g.view_as(p)
+        flat, has_grad = flat[:-len(params)] / torch.distributed.get_world_size(), flat[-len(params):]
+        for p, g, has in zip(params, flat.split([g.numel() for g in grads]), has_grad.tolist()):
+            # A parameter no process computed a gradient for stays at None, so Adam skips it exactly as
+            # it does in a single process (a zero gradient would still advance its moments).
+            p.grad = g.view_as(p) if has > 0 else None
         return bool(flat.isfinite().all())
     grads = [p.grad for p in params if p.grad is not None]
     return not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
