@@ -121,8 +121,9 @@ def detect_format(path: str | os.PathLike) -> str:
 def load_network(path_or_url: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Load networks as a dict with keys among 'G', 'D', 'G_ema', 'augment_pipe', 'training_set_kwargs'.
 
-    Accepts this project's `.safetensors` snapshots, official StyleGAN2-ADA network pickles (imported
-    without executing any code they carry) and http(s)/file URLs (downloaded once to the cache dir).
+    Accepts this project's `.safetensors` snapshots, official StyleGAN2-ADA network pickles and
+    TensorFlow StyleGAN2(-ADA) pickles (both imported without executing any code they carry) and
+    http(s)/file URLs (downloaded once to the cache dir).
     Modules are on CPU, in eval mode, with gradients disabled.
     """
     source = os.fspath(path_or_url)
@@ -130,7 +131,9 @@ def load_network(path_or_url: str | os.PathLike, cache_dir: str | os.PathLike | 
     if not path.is_file():
         raise FileNotFoundError(f"network file not found: {path}")
     if detect_format(path) == "pickle":
-        data = load_official_pickle(path)
+        from models.tf_legacy import is_tf_pickle, load_tf_network  # TF-era pickles: rarer, imported lazily
+
+        data = load_tf_network(path) if is_tf_pickle(path) else load_official_pickle(path)
     else:
         data = load_snapshot(path)
     result = {k: data[k] for k in RESULT_KEYS if k in data}
