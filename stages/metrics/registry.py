@@ -1,0 +1,101 @@
+"""Metric names -> what to compute: the official names, and sizes parsed from the name.
+
+    fid50k_full   FID, 50 000 generated images vs all real images (no x-flips)
+    fid10k        FID, 10 000 generated vs at most 10 000 reals (dataset x-flips as in training)
+    kid50k_full   KID, 50 000 generated vs up to 1 000 000 reals, 100 subsets of <= 1000
+    pr50k3_full   precision/recall, 50 000 generated vs up to 200 000 reals, k = 3 neighbours
+    is50k         Inception score, 50 000 generated, 10 splits
+    ppl_zfull, ppl_wfull, ppl_zend, ppl_wend   PPL in Z/W, full path or endpoints, face crop (FFHQ protocol)
+    ppl2_wend     PPL in W at endpoints without the crop (StyleGAN2 paper protocol)
+
+Sizes: a number with optional `k` (x1000), so `fid2k_full`, `kid500`, `pr10k3` parse too.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["fid", "kid", "pr", "is", "ppl"]
+
+# Official caps on real images for the `_full` variants (dataset sizes beyond these are subsampled).
+FULL_MAX_REAL = {"fid": None, "kid": 1_000_000, "pr": 200_000}
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    kind: Kind
+    num_gen: int                        # generated samples (PPL: path samples)
+    max_real: int | None = None         # real images used; None = all
+    full: bool = False                  # `_full`: all reals, never x-flipped
+    nhood_size: int = 3                 # PR: k of the k-NN radii
+    num_subsets: int = 100              # KID
+    max_subset_size: int = 1000         # KID
+    num_splits: int = 10                # IS
+    space: Literal["z", "w"] = "w"      # PPL
+    sampling: Literal["full", "end"] = "end"  # PPL: t ~ U(0, 1) or t = 0
+    crop: bool = True                   # PPL: central face crop before LPIPS
+    epsilon: float = 1e-4               # PPL: step along the path
+
+    @property
+    def detector(self) -> str:
+        return "inception" if self.kind in ("fid", "kid", "is") else "vgg16"
+
+    @property
+    def uses_reals(self) -> bool:
+        return self.kind in ("fid", "kid", "pr")
+
+    def result_keys(self) -> list[str]:
+        suffixes = {"pr": ["_precision", "_recall"], "is": ["_mean", "_std"]}.get(self.kind, [""])
+        return [self.name + s for s in suffixes]
+
+
+class UnknownMetricError(ValueError):
+    pass
+
+
+_PR = re.compile(r"^pr(\d+)(k?)(\d)(_full)?$")  # pr50k3: count, then the one-digit neighbourhood size
+_OTHER = re.compile(r"^(fid|kid|is)(\d+)(k?)(_full)?$")
+_PPL = re.compile(r"^ppl(2?)_(z|w)(full|end)$")
+
+
+def _count(digits: str, k: str) -> int:
+    n = int(digits) * (1000 if k else 1)
+    if n <= 0:
+        raise UnknownMetricError("sample count must be positive")
+    return n
+
+
+def parse_metric(name: str) -> MetricSpec:
+    """The MetricSpec of `name`; raises UnknownMetricError with the accepted forms."""
+    if m := _PPL.match(name):
+        return MetricSpec(name, "ppl", 50_000, space=m[2], sampling=m[3], crop=not m[1])  # type: ignore[arg-type]
+    if m := _PR.match(name):
+        n, full = _count(m[1], m[2]), bool(m[4])
+        return MetricSpec(name, "pr", n, max_real=FULL_MAX_REAL["pr"] if full else n, full=full,
+                          nhood_size=int(m[3]))
+    if m := _OTHER.match(name):
+        kind, n, full = m[1], _count(m[2], m[3]), bool(m[4])
+        if kind == "is":
+            if full:
+                raise UnknownMetricError(f"{name}: IS uses no real images; drop '_full'")
+            return MetricSpec(name, "is", n, full=True)  # official is50k disables x-flips
+        return MetricSpec(name, kind, n, max_real=FULL_MAX_REAL[kind] if full else n, full=full)  # type: ignore[arg-type]
+    raise UnknownMetricError(
+        f"unknown metric {name!r}; use fid|kid<N>[k][_full], pr<N>[k]<K>[_full], is<N>[k] or "
+        f"ppl[2]_(z|w)(full|end), e.g. {', '.join(OFFICIAL_METRICS)}")
+
+
+OFFICIAL_METRICS = ("fid50k_full", "kid50k_full", "pr50k3_full", "ppl2_wend", "is50k", "fid50k", "kid50k",
+                    "pr50k3", "ppl_zfull", "ppl_wfull", "ppl_zend", "ppl_wend")
+
+
+def parse_metrics(names: list[str] | tuple[str, ...] | str) -> list[MetricSpec]:
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n.strip()]
+    specs = [parse_metric(n.strip()) for n in names]
+    if len({s.name for s in specs}) != len(specs):
+        raise UnknownMetricError(f"duplicate metric in {list(names)}")
+    return specs
