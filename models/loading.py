@@ -118,15 +118,30 @@ def detect_format(path: str | os.PathLike) -> str:
     raise SnapshotError(f"{path}: neither a network pickle nor a safetensors snapshot")
 
 
+_SNAPSHOT_NAME = re.compile(r"^network-snapshot-(\d+)\.(safetensors|pkl)$")
+
+
+def resolve_network_path(path_or_url: str | os.PathLike) -> str:
+    """A training run folder means its newest `network-snapshot-<kimg>.*`; files and URLs pass through."""
+    source = os.fspath(path_or_url)
+    folder = Path(source)
+    if _is_url(source) or not folder.is_dir():
+        return source
+    snaps = sorted((int(m[1]), f.name) for f in folder.iterdir() if (m := _SNAPSHOT_NAME.match(f.name)))
+    if not snaps:
+        raise FileNotFoundError(f"no network-snapshot-*.safetensors|pkl in run folder {folder}")
+    return str(folder / snaps[-1][1])
+
+
 def load_network(path_or_url: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Load networks as a dict with keys among 'G', 'D', 'G_ema', 'augment_pipe', 'training_set_kwargs'.
 
     Accepts this project's `.safetensors` snapshots, official StyleGAN2-ADA network pickles and
     TensorFlow StyleGAN2(-ADA) pickles (both imported without executing any code they carry) and
-    http(s)/file URLs (downloaded once to the cache dir).
-    Modules are on CPU, in eval mode, with gradients disabled.
+    http(s)/file URLs (downloaded once to the cache dir). A training run folder stands for its newest
+    `network-snapshot-*`. Modules are on CPU, in eval mode, with gradients disabled.
     """
-    source = os.fspath(path_or_url)
+    source = resolve_network_path(path_or_url)
     path = fetch_url(source, cache_dir) if _is_url(source) else Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"network file not found: {path}")

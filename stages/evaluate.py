@@ -15,12 +15,12 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import sys
 import typing
 from pathlib import Path
 from typing import Any
 
+from models.loading import resolve_network_path
 from stages.config import ConfigError, add_params_argument, config_from_args
 from stages.metrics.config import EvaluateConfig
 from stages.metrics.detectors import DetectorNotFoundError
@@ -39,18 +39,12 @@ HELP = {
     "cpu": "run on CPU even when CUDA is available",
 }
 
-_SNAPSHOT = re.compile(r"^network-snapshot-(\d+)\.(safetensors|pkl)$")
-
-
 def resolve_network(network: str) -> str:
     """A run folder means its newest `network-snapshot-<kimg>.*`; files and URLs pass through."""
-    p = Path(network)
-    if not p.is_dir():
-        return network
-    snaps = sorted((int(m[1]), f.name) for f in p.iterdir() if (m := _SNAPSHOT.match(f.name)))
-    if not snaps:
-        raise ConfigError(f"network: no network-snapshot-*.safetensors|pkl in {p}")
-    return str(p / snaps[-1][1])
+    try:
+        return resolve_network_path(network)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"network: {exc}") from exc
 
 
 def find_run_dir(network: str) -> Path | None:

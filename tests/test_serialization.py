@@ -263,3 +263,17 @@ def test_http_download_written_once(tmp_path, monkeypatch):
     for _ in range(2):
         assert isinstance(load_network(url, cache_dir=tmp_path / "cache")["G"], Generator)
     assert calls == [url]
+
+
+def test_run_folder_means_newest_snapshot(tmp_path):
+    old, new = _nets(0), _nets(0)
+    save_snapshot(tmp_path / "network-snapshot-000002.safetensors", old)
+    save_snapshot(tmp_path / "network-snapshot-000010.safetensors", new)
+    (tmp_path / "fakes000010.png").write_bytes(b"")
+    loaded = load_network(tmp_path)["G_ema"]
+    for name, t in new["G_ema"].state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], t), name
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no network-snapshot"):
+        load_network(empty)
