@@ -93,7 +93,10 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     from stages.metrics.runner import MetricOptions, compute_metrics, flat_results, report_metric, write_metrics_json
 
     network = resolve_network(cfg.network or "")
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else find_run_dir(network)
+    train_dir = find_run_dir(network)  # the training run the snapshot came from: its dataset options
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else train_dir
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
     group = from_accelerate()
     device = torch.device("cpu")
     if not cfg.cpu and torch.cuda.is_available():
@@ -113,7 +116,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         if run_dir is not None:
             written.append(run_dir / f"metric-{record['metric']}.jsonl")
 
-    out = compute_metrics(network, list(cfg.metrics), dataset_options(cfg, run_dir), opts,
+    out = compute_metrics(network, list(cfg.metrics), dataset_options(cfg, train_dir), opts,
                           skip_missing_detectors=cfg.skip_missing_detectors, on_result=on_result)
     out["results"] = flat_results(out["records"])
     if main:

@@ -61,8 +61,11 @@ def register_generator(
 
     Uses the current tracking URI (MLFLOW_TRACKING_URI, else the project's sqlite default set by the caller).
     """
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=f"export-{model_name}") as run:
+    # Inside a pipeline run (the Prefect flow), the registration is a child of the active run.
+    nested = mlflow.active_run() is not None
+    if not nested:
+        mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=f"register-{model_name}", nested=nested) as run:
         if params:
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         if metrics:

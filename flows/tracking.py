@@ -1,0 +1,176 @@
+"""MLflow at the edge: after each stage, log what it left on disk into a nested run of the pipeline run.
+
+The stages themselves know nothing about MLflow (see ARCHITECTURE.md); this module reads their outputs
+(params.yaml sections, reports, metrics files, run folders, exports) and records them. One parent run
+per pipeline execution, one nested run per stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_EXPERIMENT = "stylegan2-ada-pipeline"
+
+
+def tracking_uri(project_dir: Path) -> str:
+    """$MLFLOW_TRACKING_URI, else the server-less default `sqlite:///<project>/mlflow.db`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(project_dir / 'mlflow.db').resolve()}"
+
+
+def setup_experiment(project_dir: Path, name: str = DEFAULT_EXPERIMENT) -> str:
+    """Point MLflow at the project's store; artifacts of a new experiment go to `<project>/mlartifacts`."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(project_dir))
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        location = (project_dir / "mlartifacts").resolve().as_uri()
+        experiment_id = mlflow.create_experiment(name, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    # Active for nested runs too (they take the active experiment, not their parent's).
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        out.update(flatten(value, f"{prefix}{key}."))
+    return out
+
+
+def numeric(d: dict[str, Any]) -> dict[str, float]:
+    """The finite numbers (and booleans as 0/1) of a flat dict: what MLflow metrics can hold."""
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, bool) or (isinstance(value, int | float) and math.isfinite(value)):
+            out[key] = float(value)
+    return out
+
+
+def git_commit(project_dir: Path) -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_dir, capture_output=True, text=True,
+                              check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def dataset_hash(project_dir: Path, params: dict[str, Any]) -> str | None:
+    """The md5 DVC recorded in dvc.lock for the prepare stage's dataset output."""
+    lock = project_dir / "dvc.lock"
+    if not lock.exists():
+        return None
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    dest = params.get("prepare", {}).get("dest")
+    for out in stages.get("prepare", {}).get("outs", []):
+        if out.get("path") == dest:
+            return out.get("md5")
+    return None
+
+
+def pipeline_tags(project_dir: Path, params: dict[str, Any]) -> dict[str, str]:
+    tags = {"git_commit": git_commit(project_dir), "dataset_md5": dataset_hash(project_dir, params),
+            "dvc_experiment": os.environ.get("DVC_EXP_NAME"),
+            "params_sha256": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]}
+    return {k: v for k, v in tags.items() if v}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _log_files(paths: list[Path], artifact_path: str) -> list[str]:
+    import mlflow
+
+    logged = []
+    for path in paths:
+        if path.is_file():
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+            logged.append(path.name)
+    return logged
+
+
+def log_stage_outputs(stage: str, project_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """Log the stage's params section, metrics and artifacts into the active (nested) run; returns a summary."""
+    import mlflow
+
+    section = params.get(stage, {})
+    mlflow.log_params({k: str(v)[:500] for k, v in flatten(section).items()})
+    summary: dict[str, Any] = {"stage": stage}
+    p = project_dir
+
+    if stage == "prepare":
+        report = Path(p / f"{section.get('dest')}.report.json")
+        data = _read_json(report)
+        mlflow.log_metrics(numeric({k: data[k] for k in ("num_written", "num_skipped", "num_fixed", "resolution",
+                                                         "channels") if k in data}))
+        summary["files"] = _log_files([report], "prepare")
+    elif stage == "validate":
+        out = p / section.get("out", "reports/validation.json")
+        mlflow.log_metrics(numeric(flatten(_read_json(out))))
+        summary["files"] = _log_files([out], "validate")
+    elif stage == "train":
+        run_dir = p / section.get("run_dir", "runs/demo")
+        summary["curves"] = log_training_curves(run_dir / "stats.jsonl")
+        snapshots = sorted(run_dir.glob("network-snapshot-*.safetensors"))
+        grids = sorted(run_dir.glob("fakes*.png"))
+        files = [run_dir / "training_options.json", run_dir / "log.txt", run_dir / "reals.png", *grids[-3:],
+                 *snapshots[-1:]]
+        summary["files"] = _log_files(files, "train")
+    elif stage == "evaluate":
+        out = p / section.get("out", "metrics.json")
+        mlflow.log_metrics(numeric(flatten(_read_json(out))))
+        jsonl = sorted((p / (section.get("run_dir") or "")).glob("metric-*.jsonl")) if section.get("run_dir") else []
+        summary["files"] = _log_files([out, *jsonl], "evaluate")
+    elif stage == "generate":
+        outdir = p / section.get("outdir", "reports/generate")
+        files = sorted(outdir.glob("*.png"))[:20] + sorted(outdir.glob("*.mp4")) + sorted(outdir.glob("*.gif"))
+        summary["files"] = _log_files(files, "generate")
+    elif stage == "export":
+        outdir = p / section.get("outdir", "exports")
+        from stages.exporting.parity import parity_metrics
+
+        parity = _read_json(outdir / "parity.json")
+        if parity.get("variants"):
+            mlflow.log_metrics({**parity_metrics(parity), "parity.passed": float(bool(parity.get("passed")))})
+        summary["files"] = _log_files([outdir / "generator.onnx", outdir / "parity.json",
+                                       outdir / "export_summary.json", outdir / "build_engine.sh"], "export")
+    return summary
+
+
+def log_training_curves(stats_jsonl: Path) -> int:
+    """Every tick's statistics as metrics with step = kimg (the official x axis)."""
+    import mlflow
+
+    if not stats_jsonl.is_file():
+        return 0
+    n = 0
+    for line in stats_jsonl.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash
+        # Records hold {name: {num, mean, std}}; the means are the curves.
+        flat = numeric(flatten(record))
+        metrics = {k.removesuffix(".mean"): v for k, v in flat.items() if k.endswith(".mean")}
+        kimg = metrics.get("Progress/kimg")
+        step = round(kimg) if kimg is not None else n
+        if metrics:
+            mlflow.log_metrics(metrics, step=step)
+            n += 1
+    return n

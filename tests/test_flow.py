@@ -1,0 +1,123 @@
+"""The whole pipeline as a Prefect flow on a tiny config, then MLflow read back from its sqlite store.
+
+One end-to-end run (about 1-2 minutes on 2 cores) feeds every assertion: the stages ran through
+`dvc repro`, a rerun is a no-op, and MLflow holds one parent run with a nested run per stage, their
+params, metrics, artifacts and the registered generator.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip("prefect")
+pytest.importorskip("dvc")
+
+TINY = {
+    "prepare": {"source": "data/raw/digits", "dest": "data/datasets/digits.zip", "width": 16, "height": 16,
+                "workers": 1, "progress": False},
+    "validate": {"dataset": "data/datasets/digits.zip", "out": "reports/validation.json"},
+    "train": {"data": "data/datasets/digits.zip", "run_dir": "runs/demo", "resume": "auto", "cfg": "tiny",
+              "cond": True, "kimg": 0.032, "tick_kimg": 0.016, "snap": 1, "checkpoint_ticks": 1, "batch": 16,
+              "grid_w": 10, "grid_h": 1, "workers": 0, "aug": "ada", "ada_kimg": 1},
+    "evaluate": {"network": "runs/demo", "metrics": ["fid2k_full"], "run_dir": "reports/evaluate",
+                 "out": "metrics.json", "skip_missing_detectors": True, "progress": False},
+    "generate": {"network": "runs/demo", "outdir": "reports/generate",
+                 "images": {"seeds": "0-3", "all_classes": True},
+                 "style_mixing": {"rows": "1,2", "cols": "3,4", "styles": "0-1", "class_idx": 7},
+                 "video": {"seeds": "0-3", "w_frames": 3, "kind": "linear", "loop": True, "class_idx": 7,
+                           "output": "reports/generate/video.mp4", "fps": 10}},
+    "export": {"network": "runs/demo", "outdir": "exports", "parity_batches": [1, 2], "parity_psi": [1.0, 0.7],
+               "triton_instance_kind": "KIND_CPU", "registered_model": "tiny-digits", "alias": "champion"},
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A throwaway copy of the project (code, dvc.yaml) with tiny params, under `dvc init --no-scm`."""
+    proj = tmp_path_factory.mktemp("project")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("stages", "models", "ops", "flows"):
+        shutil.copytree(ROOT / name, proj / name, ignore=ignore)
+    shutil.copy(ROOT / "dvc.yaml", proj / "dvc.yaml")
+    (proj / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+    subprocess.run([str(Path(sys.executable).with_name("dvc")), "init", "--no-scm", "-q"], cwd=proj, check=True)
+    return proj
+
+
+@pytest.fixture(scope="module")
+def flow_result(project, tmp_path_factory):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import pipeline
+
+    mp = pytest.MonkeyPatch()
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mp.delenv("SG2_PARAMS", raising=False)  # the stages must read the project's params.yaml
+    mp.setenv("SG2_OFFLINE", "1")  # no detector download: evaluate skips with its message
+    mp.setenv("SG2_DETECTOR_DIR", str(tmp_path_factory.mktemp("no-detectors")))
+    mp.setenv("SG2_METRICS_CACHE_DIR", str(tmp_path_factory.mktemp("metric-cache")))
+    try:
+        with prefect_test_harness(server_startup_timeout=120):
+            first = pipeline(project_dir=str(project))
+            second = pipeline(project_dir=str(project), register=False)
+        yield first, second
+    finally:
+        mp.undo()
+
+
+def test_flow_runs_every_stage_then_is_up_to_date(project, flow_result):
+    first, second = flow_result
+    assert [r["stage"] for r in first["stages"]] == [
+        "demo_data", "prepare", "validate", "train", "evaluate", "generate", "export"]
+    assert all(r["ran"] for r in first["stages"])
+    assert not any(r["ran"] for r in second["stages"]), "nothing changed: DVC must skip every stage"
+    for path in ("data/datasets/digits.zip", "reports/validation.json", "runs/demo/fakes_init.png", "metrics.json",
+                 "reports/generate/classes.png", "reports/generate/video.mp4", "exports/generator.onnx",
+                 "exports/parity.json", "dvc.lock"):
+        assert (project / path).exists(), path
+    assert sorted((project / "runs/demo").glob("network-snapshot-*.safetensors"))
+
+
+def test_mlflow_read_back(project, flow_result):
+    import mlflow
+    from mlflow import MlflowClient
+
+    first, _ = flow_result
+    uri = f"sqlite:///{(project / 'mlflow.db').resolve()}"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    parent = client.get_run(first["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags.get("dataset_md5"), "the dataset hash from dvc.lock is a tag"
+    children = mlflow.search_runs(experiment_ids=[parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                  output_format="list")
+    by_name = {r.info.run_name: r for r in children}
+    assert {"demo_data", "prepare", "validate", "train", "evaluate", "generate", "export"} <= set(by_name)
+
+    validate = by_name["validate"].data
+    assert validate.metrics["num_images"] == 1797 and validate.metrics["success"] == 1.0
+    train = by_name["train"]
+    assert train.data.params["cfg"] == "tiny" and float(train.data.params["kimg"]) == 0.032
+    history = client.get_metric_history(train.info.run_id, "Loss/G/loss")
+    assert len(history) >= 2 and all(np.isfinite(m.value) for m in history)
+    train_files = {a.path for a in client.list_artifacts(train.info.run_id, "train")}
+    assert "train/fakes_init.png" in train_files and any(p.endswith(".safetensors") for p in train_files)
+    export = by_name["export"].data
+    assert export.metrics["parity.generator.max_abs_err"] < 1e-3 and export.metrics["parity.passed"] == 1.0
+
+    # The registered generator renders through the pyfunc flavour.
+    model = mlflow.pyfunc.load_model("models:/tiny-digits@champion")
+    import pandas as pd
+
+    images = np.asarray(model.predict(pd.DataFrame({"seed": [0, 1], "truncation_psi": [1.0, 0.7],
+                                                    "class_idx": [3, 7]})))
+    assert images.shape == (2, 16, 16, 1) and images.dtype == np.uint8
