@@ -7,8 +7,8 @@ TORCH_SPEC  ?= torch==2.13.0
 EXTRAS      ?= dev,data,pipeline,export
 PY          := $(VENV)/bin/python
 PIP         := $(VENV)/bin/pip
-STAMP       := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma       := ,
+STAMP       := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 export MLFLOW_DISABLE_TELEMETRY=true
 export GX_ANALYTICS_ENABLED=false

@@ -162,12 +162,13 @@ def test_explicit_run_dir_with_checkpoints_needs_resume(data, tmp_path):
 # The command line in a subprocess: signals and hard kills.
 
 
-def _start_cli(data: Path, run: Path, steps: int, *extra: str) -> subprocess.Popen:
+def _start_cli(data: Path, run: Path, steps: int, *extra: str, workers: int = 0) -> subprocess.Popen:
     args = [sys.executable, "-m", "stages.train", "--data", str(data), "--run-dir", str(run), "--cfg", "tiny",
             "--aug", "noaug", "--batch", "4", "--kimg", str(steps * STEP_KIMG), "--tick-kimg", str(STEP_KIMG),
-            "--snap", "1", "--workers", "0", "--grid-w", "2", "--grid-h", "2", *extra]
+            "--snap", "1", "--workers", str(workers), "--grid-w", "2", "--grid-h", "2", *extra]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -191,6 +192,17 @@ def test_sigterm_writes_checkpoint_and_exits_zero(data, tmp_path):
     assert "stopped by signal" in out
     latest = ckpt.find_latest(run)
     assert latest is not None and 0 < json.loads((latest / ckpt.META).read_text())["cur_nimg"] < 800
+
+
+def test_sigterm_to_process_group_with_loader_workers(data, tmp_path):
+    # Ctrl-C, Slurm and Kubernetes signal the whole process group, DataLoader workers included.
+    run = tmp_path / "run"
+    proc = _start_cli(data, run, 200, "--checkpoint-ticks", "1000", workers=2)
+    _wait_for(lambda: (run / "log.txt").exists() and "tick 0" in (run / "log.txt").read_text(), proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "stopped by signal" in out and ckpt.find_latest(run) is not None
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import numpy as np
@@ -44,10 +45,19 @@ class InfiniteBatchSampler(torch.utils.data.Sampler):
         return 2**62
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    # SIGTERM/SIGINT usually reach the whole process group (Ctrl-C, Slurm, Kubernetes, `kill -- -PGID`).
+    # The main process stops gracefully and writes a checkpoint; a worker that died of the signal first
+    # would make the next batch raise instead. Workers leave when the main process shuts the loader down.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(dataset, sampler: InfiniteBatchSampler, workers: int, seed: int) -> torch.utils.data.DataLoader:
     # An explicit generator keeps the DataLoader from drawing its base seed from the global torch RNG,
     # whose state is part of the checkpoint.
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=workers, prefetch_factor=2 if workers else None,
         generator=torch.Generator().manual_seed(seed), persistent_workers=False,
+        worker_init_fn=_ignore_stop_signals if workers else None,
     )
