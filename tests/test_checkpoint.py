@@ -141,3 +141,22 @@ def test_stats_collector_moments_and_state(tmp_path):
     ada = StatsCollector("Loss/signs/real")
     ada.report("Loss/signs/fake", 1.0)
     assert np.isnan(ada.mean("Loss/signs/real"))
+
+
+def test_curves_csv_from_stats_jsonl(tmp_path):
+    from stages.training.stats import CURVE_COLUMNS, write_curves_csv
+
+    jsonl = tmp_path / "stats.jsonl"
+    jsonl.write_text(
+        json.dumps({"Progress/kimg": {"num": 1, "mean": 4.0, "std": 0}, "Loss/G/loss": {"num": 8, "mean": 0.5,
+                                                                                         "std": 0.1}}) + "\n"
+        + json.dumps({"Progress/kimg": {"num": 1, "mean": 8.0, "std": 0}, "Progress/augment": {"num": 1, "mean": 0.25,
+                                                                                               "std": 0}}) + "\n"
+        + '{"Progress/kimg": {"num": 1, "mea'  # a line cut by a crash
+    )
+    assert write_curves_csv(jsonl, tmp_path / "curves.csv") == 2
+    lines = (tmp_path / "curves.csv").read_text().splitlines()
+    assert lines[0].split(",") == list(CURVE_COLUMNS)
+    first, second = (dict(zip(CURVE_COLUMNS, line.split(","))) for line in lines[1:])
+    assert (first["kimg"], first["G_loss"], first["augment_p"]) == ("4", "0.5", "")
+    assert (second["kimg"], second["augment_p"], second["G_loss"]) == ("8", "0.25", "")

@@ -78,7 +78,7 @@ def assert_same(a, b, where: str = "") -> None:
 def test_smoke_outputs_losses_and_fakes(data, tmp_path):
     run = train(cfg(data, tmp_path / "run", steps=2, metrics=("fid50k_full",)))
     names = sorted(p.name for p in run.iterdir())
-    assert names == ["checkpoints", "fakes000000.png", "fakes_init.png", "log.txt",
+    assert names == ["checkpoints", "curves.csv", "fakes000000.png", "fakes_init.png", "log.txt",
                      "network-snapshot-000000.safetensors", "reals.png", "stats.jsonl", "training_options.json"]
     records = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
     assert len(records) == 2
@@ -236,3 +236,13 @@ def test_resume_auto_continues_same_options_and_restarts_changed_ones(data, tmp_
     # Only the new run's single checkpoint is left, at the first step's image count.
     assert [p.name for p in ckpt.list_complete(run_dir)] == [ckpt.checkpoint_name(4)]
     assert json.loads((run_dir / "training_options.json").read_text())["loss_kwargs"]["r1_gamma"] == 3.0
+
+
+def test_resuming_a_finished_run_trains_nothing_more(data, tmp_path):
+    run_dir = tmp_path / "run"
+    train(cfg(data, run_dir, steps=2))
+    before = latest_state(run_dir)
+    train(cfg(data, run_dir, steps=2, resume="auto"))
+    assert "nothing to do" in (run_dir / "log.txt").read_text()
+    assert_same(latest_state(run_dir), before, "state")
+    assert (run_dir / "curves.csv").read_text().count("\n") == 3  # header + 2 ticks

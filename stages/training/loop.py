@@ -41,7 +41,7 @@ from stages.training.setup import (
     transfer_weights,
     write_json_atomic,
 )
-from stages.training.stats import StatsCollector, Tee
+from stages.training.stats import StatsCollector, Tee, write_curves_csv
 from stages.training.tracking import flatten, make_tracker
 
 
@@ -169,6 +169,14 @@ def train(cfg: TrainConfig) -> Path | None:
     log(f"training for {opts['total_kimg']:g} kimg, batch {batch} ({batch_gpu} per round per process)\n")
 
     # --- train ----------------------------------------------------------------------------------
+    if prog.cur_nimg >= total_nimg:
+        # Resumed a run that already reached its length (e.g. `dvc repro` after a code change that
+        # does not touch the trajectory): nothing to train, and no extra step beyond --kimg.
+        log(f"already trained {prog.cur_nimg / 1e3:g} kimg of {opts['total_kimg']:g}; nothing to do")
+        if main:
+            write_curves_csv(run_dir / "stats.jsonl", run_dir / "curves.csv")
+        tracker.end("FINISHED")
+        return run_dir
     try:
         with stop_on_signals() as stop:
             tick_start, maintenance = now(), now() - start
@@ -205,6 +213,8 @@ def train(cfg: TrainConfig) -> Path | None:
                 for name, value in info.items():
                     stats.report(name, value)
                 tracker.log_metrics(stats.flush(), step=prog.cur_nimg // 1000)
+                if main:
+                    write_curves_csv(run_dir / "stats.jsonl", run_dir / "curves.csv")
 
                 # maybe_snapshot: images and code-free network snapshot.
                 final = done or stopping

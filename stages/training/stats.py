@@ -106,3 +106,38 @@ class Tee:
     def report(self, name: str, value: torch.Tensor | float) -> None:
         for s in self.sinks:
             s.report(name, value)
+
+
+# Columns of `curves.csv` (DVC plots): tick means of the statistics people watch, x axis kimg.
+CURVE_COLUMNS = {
+    "kimg": "Progress/kimg",
+    "G_loss": "Loss/G/loss",
+    "D_loss": "Loss/D/loss",
+    "r1_penalty": "Loss/r1_penalty",
+    "pl_penalty": "Loss/pl_penalty",
+    "real_sign": "Loss/signs/real",
+    "augment_p": "Progress/augment",
+    "sec_per_kimg": "Timing/sec_per_kimg",
+}
+
+
+def write_curves_csv(stats_jsonl: str | Path, out_csv: str | Path) -> int:
+    """Rewrite `out_csv` from `stats.jsonl` (one row per tick); returns the row count.
+
+    Derived from the jsonl every time rather than appended, so a resumed run (whose jsonl continues)
+    and a crash mid-write both leave a consistent file. Missing statistics are empty cells.
+    """
+    rows = []
+    for line in Path(stats_jsonl).read_text().splitlines() if Path(stats_jsonl).exists() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash
+        rows.append([record.get(name, {}).get("mean", "") for name in CURVE_COLUMNS.values()])
+    tmp = Path(out_csv).with_suffix(".csv.tmp")
+    with tmp.open("w") as fh:
+        fh.write(",".join(CURVE_COLUMNS) + "\n")
+        for row in rows:
+            fh.write(",".join("" if v == "" else f"{float(v):.6g}" for v in row) + "\n")
+    tmp.replace(out_csv)
+    return len(rows)
