@@ -43,15 +43,21 @@ def _dvc() -> list[str]:
 def repro_stage(stage: str, project_dir: str) -> dict[str, Any]:
     """`dvc repro --single-item <stage>`: runs the stage if DVC finds it stale, else does nothing."""
     logger = get_run_logger()
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               PYTHONUNBUFFERED="1")
     start = time.time()
-    proc = subprocess.run([*_dvc(), "repro", "--single-item", stage], cwd=project_dir, env=env,
-                          capture_output=True, text=True)
-    out = (proc.stdout + proc.stderr).strip()
-    for line in out.splitlines()[-20:]:
-        logger.info("%s | %s", stage, line)
+    lines: list[str] = []
+    # Streamed line by line: training runs for minutes to days and its status lines are the progress.
+    with subprocess.Popen([*_dvc(), "repro", "--single-item", stage], cwd=project_dir, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1) as proc:
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line:
+                lines.append(line)
+                logger.info("%s | %s", stage, line)
     if proc.returncode != 0:
-        raise StageFailed(f"dvc repro {stage} failed (exit {proc.returncode}):\n" + "\n".join(out.splitlines()[-30:]))
+        raise StageFailed(f"dvc repro {stage} failed (exit {proc.returncode}):\n" + "\n".join(lines[-30:]))
+    out = "\n".join(lines)
     skipped = "didn't change, skipping" in out or "is cached - skipping" in out
     return {"stage": stage, "seconds": round(time.time() - start, 1), "ran": not skipped}
 
