@@ -118,3 +118,19 @@ def as_flat_dict(config: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, help: dict[str, str]) -> None:
+    """One `--flag-name` per field of the config dataclass `cls`; booleans get `--x/--no-x`.
+
+    Values stay strings (default None = "not given"): `build_config` coerces and validates them exactly
+    like params.yaml values, so a flag and a params entry fail the same way.
+    """
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        text = f"{help.get(f.name, '')} (default: {f.default!r})"
+        if hints[f.name] in (bool, bool | None):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=text)

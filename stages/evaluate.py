@@ -16,12 +16,11 @@ import dataclasses
 import json
 import os
 import sys
-import typing
 from pathlib import Path
 from typing import Any
 
 from models.loading import resolve_network_path
-from stages.config import ConfigError, add_params_argument, config_from_args
+from stages.config import ConfigError, add_dataclass_arguments, add_params_argument, config_from_args
 from stages.metrics.config import EvaluateConfig
 from stages.metrics.detectors import DetectorNotFoundError
 
@@ -133,14 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_params_argument(parser)
-    hints = typing.get_type_hints(EvaluateConfig)
-    for f in dataclasses.fields(EvaluateConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f"{HELP.get(f.name, '')} (default: {f.default!r})"
-        if hints[f.name] in (bool, bool | None):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:  # strings here; stages.config coerces and validates them like params.yaml values
-            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
+    add_dataclass_arguments(parser, EvaluateConfig, HELP)
     return parser
 
 

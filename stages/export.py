@@ -70,8 +70,9 @@ def build_render_parser() -> argparse.ArgumentParser:
 
 
 def render_main(argv: Sequence[str]) -> int:
-    from stages.exporting.runner import parse_seeds, render_seeds
+    from stages.exporting.runner import render_seeds
     from stages.exporting.tensorrt_build import TensorRTUnavailable
+    from stages.generation.seeds import parse_seeds
 
     args = build_render_parser().parse_args(argv)
     try:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import typing
 
-from stages.config import ConfigError, add_params_argument, config_from_args
+from stages.config import ConfigError, add_dataclass_arguments, add_params_argument, config_from_args
 from stages.training.checkpoint import CheckpointError
 from stages.training.config import TrainConfig
 from stages.training.setup import TrainingDiverged
@@ -64,15 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_params_argument(parser)
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f"{HELP.get(f.name, '')} (default: {f.default!r})"
-        if hints[f.name] is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            # Values stay strings here: stages.config coerces and validates them like params.yaml values.
-            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
+    add_dataclass_arguments(parser, TrainConfig, HELP)
     return parser
 
 

@@ -9,7 +9,6 @@ here is seed N of the official `generate.py` for the same network.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,32 +16,7 @@ from typing import Any
 import numpy as np
 
 from stages.exporting.parity import ort_session
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'0-7,10,12-13' -> [0..7, 10, 12, 13] (official syntax)."""
-    seeds: list[int] = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        m = re.fullmatch(r"(\d+)-(\d+)", part)
-        if m:
-            lo, hi = int(m.group(1)), int(m.group(2))
-            if hi < lo:
-                raise ValueError(f"bad seed range {part!r}")
-            seeds.extend(range(lo, hi + 1))
-        elif part.isdigit():
-            seeds.append(int(part))
-        else:
-            raise ValueError(f"bad seed {part!r}; use e.g. 0-7,10")
-    if not seeds:
-        raise ValueError("no seeds given")
-    return seeds
-
-
-def seed_to_z(seed: int, z_dim: int) -> np.ndarray:
-    return np.random.RandomState(seed).randn(1, z_dim).astype(np.float32)  # [1, z_dim]
+from stages.generation.seeds import seeds_to_z
 
 
 def to_uint8_nhwc(img: np.ndarray) -> np.ndarray:
@@ -82,7 +56,7 @@ class Renderer:
         n = len(seeds)
         psis = np.broadcast_to(np.asarray(psi, np.float32).reshape(-1), [n]).reshape(n, 1)
         feeds: dict[str, np.ndarray] = {
-            "z": np.concatenate([seed_to_z(s, self.z_dim) for s in seeds]),
+            "z": seeds_to_z(list(seeds), self.z_dim).numpy(),
             "truncation_psi": np.ascontiguousarray(psis),
         }
         if self.c_dim > 0:
