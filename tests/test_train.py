@@ -205,6 +205,24 @@ def test_sigterm_to_process_group_with_loader_workers(data, tmp_path):
     assert "stopped by signal" in out and ckpt.find_latest(run) is not None
 
 
+def test_crash_with_loader_workers_exits_instead_of_hanging(data, tmp_path):
+    # The reader of our stdout disappears (a killed `dvc repro`), then the group gets SIGTERM: logging
+    # fails with a broken pipe, the loop dies, and workers that ignore SIGTERM must not block the exit.
+    run = tmp_path / "run"
+    proc = _start_cli(data, run, 200, "--checkpoint-ticks", "1000", workers=2)
+    _wait_for(lambda: (run / "log.txt").exists() and "tick 0" in (run / "log.txt").read_text(), proc)
+    proc.stdout.close()
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("training hung after its stdout closed and SIGTERM")
+    time.sleep(1)
+    leftover = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert not leftover, f"worker processes left behind: {leftover}"
+
+
 @pytest.mark.slow
 def test_kill9_then_resume_latest(data, tmp_path):
     run = tmp_path / "run"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import multiprocessing.util  # registers its exit handler first, so ours (below) runs before it
 import signal
 from collections.abc import Iterator
 
@@ -51,6 +54,22 @@ def _ignore_stop_signals(_worker_id: int) -> None:
     # would make the next batch raise instead. Workers leave when the main process shuts the loader down.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _kill_leftover_workers() -> None:
+    # Workers ignore SIGTERM (above), so multiprocessing's own exit handler, which terminates daemonic
+    # children with SIGTERM and then joins them, would wait forever for a worker that a crash left
+    # behind (exception, broken stdout pipe). Kill them outright first; a clean exit has none left.
+    # PyTorch's SIGCHLD handler would raise "worker killed" into this loop: restore the default first.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    children = [c for c in multiprocessing.active_children() if c.daemon]
+    for child in children:
+        child.kill()
+    for child in children:
+        child.join(timeout=5)
+
+
+atexit.register(_kill_leftover_workers)
 
 
 def make_loader(dataset, sampler: InfiniteBatchSampler, workers: int, seed: int) -> torch.utils.data.DataLoader:
