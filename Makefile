@@ -64,3 +64,9 @@ repro: venv
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Real servers on 127.0.0.1 (PostgreSQL from apt, MLflow server, Prefect server) and the tiny pipeline
+# through a Prefect deployment; about 3-4 min on 2 cores. Not part of `test`. See infra/services/.
+.PHONY: test-services
+test-services: venv
+	PY=$(PY) infra/services/test-services.sh

@@ -23,7 +23,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.tracking import log_stage_outputs, pipeline_tags, setup_experiment
+from flows.tracking import PipelineTracker, pipeline_tags
 from stages.config import load_params
 
 STAGES = ("demo_data", "prepare", "validate", "train", "evaluate", "generate", "export")
@@ -90,29 +90,35 @@ def pipeline(project_dir: str = ".", stages: list[str] | None = None, register: 
     if unknown:
         raise ValueError(f"unknown stages {unknown}; choose from {list(STAGES)}")
     params = load_params(root / "params.yaml")
-    experiment_id = setup_experiment(root, experiment)
+    tracker = PipelineTracker(root, experiment, get_run_logger())
+    tracker.start()
     results: list[dict[str, Any]] = []
-    with mlflow.start_run(experiment_id=experiment_id, run_name="pipeline") as parent:
+    registered = None
+    status = "FAILED"
+    try:
         for stage in [s for s in STAGES if s in chosen]:
             result = repro_stage(stage, str(root))
-            with mlflow.start_run(run_name=stage, nested=True):
-                mlflow.set_tags({"stage": stage, "dvc_ran": str(result["ran"]).lower()})
-                result.update(log_stage_outputs(stage, root, params))
-                mlflow.log_metric("stage_seconds", result["seconds"])
+            tracker.log_stage(stage, result, params)
             results.append(result)
         # dvc.lock is final only now: the dataset hash tag reads it.
-        mlflow.set_tags(pipeline_tags(root, params))
-        registered = register_model(str(root), params) if register and "export" in chosen else None
-        if registered:
-            mlflow.set_tag("registered_model", registered["uri"])
+        tracker.call("tag pipeline run", mlflow.set_tags, pipeline_tags(root, params))
+        if register and "export" in chosen and tracker.error is None:
+            registered = tracker.call("register model", register_model, str(root), params)
+            if registered:
+                tracker.call("tag registered model", mlflow.set_tag, "registered_model", registered["uri"])
+        status = "FINISHED"
+    finally:
+        tracker.finish(status)
     rows = "\n".join(f"| {r['stage']} | {'ran' if r['ran'] else 'up to date'} | {r['seconds']} |" for r in results)
+    tracking = (f"MLflow run `{tracker.run_id}`" if tracker.error is None else
+                f"**MLflow logging failed** ({tracker.error}); outputs are on disk, rerun the flow to log them")
     create_markdown_artifact(
         key="pipeline-summary",
-        markdown=(f"## Pipeline\n\nMLflow run `{parent.info.run_id}`\n\n"
-                  f"| stage | status | seconds |\n|---|---|---|\n{rows}\n"),
+        markdown=f"## Pipeline\n\n{tracking}\n\n| stage | status | seconds |\n|---|---|---|\n{rows}\n",
         description="stages run by this flow execution",
     )
-    return {"mlflow_run_id": parent.info.run_id, "stages": results, "registered": registered}
+    return {"mlflow_run_id": tracker.run_id, "tracking_error": tracker.error, "stages": results,
+            "registered": registered}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,10 +29,12 @@ def setup_experiment(project_dir: Path, name: str = DEFAULT_EXPERIMENT) -> str:
     """Point MLflow at the project's store; artifacts of a new experiment go to `<project>/mlartifacts`."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(project_dir))
+    uri = tracking_uri(project_dir)
+    mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        location = (project_dir / "mlartifacts").resolve().as_uri()
+        # A server stores artifacts itself (mlflow-artifacts:/); only the local store gets a folder here.
+        location = None if uri.startswith(("http://", "https://")) else (project_dir / "mlartifacts").resolve().as_uri()
         experiment_id = mlflow.create_experiment(name, artifact_location=location)
     else:
         experiment_id = experiment.experiment_id
@@ -174,3 +176,67 @@ def log_training_curves(stats_jsonl: Path) -> int:
             mlflow.log_metrics(metrics, step=step)
             n += 1
     return n
+
+
+class PipelineTracker:
+    """The flow's MLflow runs, kept from ever stopping the pipeline.
+
+    The stages' outputs live on disk and in DVC; MLflow is a view of them. When the tracking server
+    goes away mid-pipeline, the first failing call is recorded (`self.error`), later calls are skipped,
+    and the pipeline goes on; rerunning the flow once the server is back logs everything (DVC skips
+    the stages that already ran).
+    """
+
+    def __init__(self, project_dir: Path, experiment: str, logger: Any) -> None:
+        self.project_dir, self.experiment, self.logger = project_dir, experiment, logger
+        self.error: str | None = None
+        self.run_id: str | None = None
+
+    def _guard(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.error is not None:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # any MLflow/transport failure: record it, keep the pipeline going
+            self.error = f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            self.logger.warning("MLflow logging stopped (%s); stage outputs stay on disk — rerun the flow "
+                                "once the tracking server is back to log them", self.error)
+            return None
+
+    def start(self) -> None:
+        import mlflow
+
+        # Fail in seconds, not minutes, when the server is gone (MLflow's defaults retry with backoff).
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+        def _start() -> str:
+            experiment_id = setup_experiment(self.project_dir, self.experiment)
+            return mlflow.start_run(experiment_id=experiment_id, run_name="pipeline").info.run_id
+
+        self.run_id = self._guard("start pipeline run", _start)
+
+    def log_stage(self, stage: str, result: dict[str, Any], params: dict[str, Any]) -> None:
+        import mlflow
+
+        def _log() -> None:
+            with mlflow.start_run(run_name=stage, nested=True):
+                mlflow.set_tags({"stage": stage, "dvc_ran": str(result["ran"]).lower()})
+                result.update(log_stage_outputs(stage, self.project_dir, params))
+                mlflow.log_metric("stage_seconds", result["seconds"])
+
+        self._guard(f"log stage {stage}", _log)
+
+    def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(what, fn, *args, **kwargs)
+
+    def finish(self, status: str) -> None:
+        import mlflow
+
+        if self.run_id is not None and mlflow.active_run() is not None:
+            # end_run pops the run before telling the server, so even when the server is gone the next
+            # flow in this process does not nest under a dead run.
+            try:
+                mlflow.end_run(status=status)
+            except Exception as exc:
+                self.logger.warning("could not close the MLflow run %s: %s", self.run_id, exc)
