@@ -51,7 +51,7 @@ demo: venv
 	@echo "  dataset            data/datasets/digits.zip   (report: data/datasets/digits.zip.report.json)"
 	@echo "  validation         reports/validation.json"
 	@echo "  training run       runs/demo/  (fakes*.png grids, network-snapshot-*.safetensors, stats.jsonl)"
-	@echo "  metrics            metrics.json   (FID/KID need the detector files: see README, 'Metrics')"
+	@echo "  metrics            metrics.json   (FID/KID need the detector files: README, section 'evaluate')"
 	@echo "  samples            reports/generate/  (classes.png, style mixing grid, video.mp4)"
 	@echo "  exports            exports/  (generator.onnx, parity.json, Triton model_repository/)"
 	@echo "  MLflow runs        make ui   -> http://127.0.0.1:5000"
