@@ -237,7 +237,8 @@ def test_mlflow_registry_alias(uncond32, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_parity_128px():
-    G = tiny_generator(128, seed=2)
+@pytest.mark.parametrize("res", [128, 256])
+def test_parity_large(res):
+    G = tiny_generator(res, seed=2)
     report = check_parity(G, {"generator": export_generator(G)}, batches=(1, 3))
     assert report["passed"] and report["variants"]["generator"]["max_abs_err"] <= 1e-3
