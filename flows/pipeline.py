@@ -40,11 +40,11 @@ def _dvc() -> list[str]:
 
 
 @task(retries=2, retry_delay_seconds=10)
-def repro_stage(stage: str, project_dir: str) -> dict[str, Any]:
+def repro_stage(stage: str, project_dir: str, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """`dvc repro --single-item <stage>`: runs the stage if DVC finds it stale, else does nothing."""
     logger = get_run_logger()
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", **(extra_env or {}))
     start = time.time()
     lines: list[str] = []
     # Streamed line by line: training runs for minutes to days and its status lines are the progress.
@@ -97,7 +97,7 @@ def pipeline(project_dir: str = ".", stages: list[str] | None = None, register: 
     status = "FAILED"
     try:
         for stage in [s for s in STAGES if s in chosen]:
-            result = repro_stage(stage, str(root))
+            result = repro_stage(stage, str(root), tracker.child_env())
             tracker.log_stage(stage, result, params)
             results.append(result)
         # dvc.lock is final only now: the dataset hash tag reads it.

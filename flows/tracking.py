@@ -216,6 +216,19 @@ class PipelineTracker:
 
         self.run_id = self._guard("start pipeline run", _start)
 
+    def child_env(self) -> dict[str, str]:
+        """Environment for stage subprocesses: a stage that logs to MLflow itself (train with
+        `mlflow: true`) then nests its run under this pipeline run, on the same server and experiment."""
+        import mlflow
+
+        if self.run_id is None or self.error is not None:
+            return {}
+        run = mlflow.active_run()
+        env = {"SG2_MLFLOW_PARENT_RUN_ID": self.run_id, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+        if run is not None:
+            env["MLFLOW_EXPERIMENT_ID"] = run.info.experiment_id
+        return env
+
     def log_stage(self, stage: str, result: dict[str, Any], params: dict[str, Any]) -> None:
         import mlflow
 

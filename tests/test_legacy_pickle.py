@@ -47,6 +47,10 @@ def _randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 @pytest.fixture
 def fake_nvidia(monkeypatch):
     """Fake `torch_utils.persistence` and `dnnlib.util` modules, removed again by monkeypatch."""
+    return install_fake_nvidia(monkeypatch)
+
+
+def install_fake_nvidia(monkeypatch) -> types.SimpleNamespace:
     calls = []
 
     def _reconstruct_persistent_obj(meta):  # what the official loader would run; must never be called

@@ -264,3 +264,83 @@ def test_resuming_a_finished_run_trains_nothing_more(data, tmp_path):
     assert "nothing to do" in (run_dir / "log.txt").read_text()
     assert_same(latest_state(run_dir), before, "state")
     assert (run_dir / "curves.csv").read_text().count("\n") == 3  # header + 2 ticks
+
+
+def test_resume_from_older_checkpoint_sets_newer_aside_and_rewrites_history(data, tmp_path):
+    """Going back to an earlier checkpoint of the same run: the newer ones of the abandoned trajectory
+    are moved aside (never deleted, never outranking the new ones), and the ticks logged after the
+    restored checkpoint are dropped from stats.jsonl before they are logged again."""
+    straight = train(cfg(data, tmp_path / "a", steps=3, keep_checkpoints=5))
+    run_dir = tmp_path / "b"
+    train(cfg(data, run_dir, steps=3, keep_checkpoints=5))
+    first = run_dir / ckpt.CKPT_DIR / ckpt.checkpoint_name(4)
+    train(cfg(data, run_dir, steps=3, keep_checkpoints=5, resume=str(first)))
+
+    assert [p.name for p in ckpt.list_complete(run_dir)] == [ckpt.checkpoint_name(n) for n in (4, 8, 12)]
+    aside = [p for p in (run_dir / ckpt.CKPT_DIR).iterdir() if p.name.startswith("abandoned-")]
+    assert len(aside) == 1 and sorted(p.name for p in aside[0].iterdir()) == [ckpt.checkpoint_name(n) for n in (8, 12)]
+    assert_same(latest_state(straight)["G"], latest_state(run_dir)["G"], "G")
+    ticks = [json.loads(line)["Progress/tick"]["mean"] for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert ticks == [0, 1, 2]
+    assert (run_dir / "curves.csv").read_text().count("\n") == 4  # header + 3 ticks
+    log = (run_dir / "log.txt").read_text()
+    assert "moved to" in log and "2 stats.jsonl record(s)" in log
+
+
+def test_per_process_state_shares_keep_totals_for_any_process_count():
+    a = {"Loss/signs/real": torch.tensor([4.0, 2.0, 4.0], dtype=torch.float64)}
+    b = {"Loss/signs/real": torch.tensor([4.0, -1.0, 3.0], dtype=torch.float64)}
+    assert ckpt.share_sums([a, b], 1, 2) is b  # same process count: each its own partial sums
+    total = ckpt.share_sums([a, b], 0, 3)      # other count: all on rank 0, so the reduction is unchanged
+    assert torch.equal(total["Loss/signs/real"], torch.tensor([8.0, 1.0, 7.0], dtype=torch.float64))
+    assert ckpt.share_sums([a, b], 2, 3) == {}
+    assert ckpt.share_sums(a, 0, 1) is a       # a checkpoint written before per-process saving
+    assert float(ckpt.share_mean([torch.tensor(1.0), torch.tensor(3.0)], 0, 1)) == 2.0
+    assert float(ckpt.share_mean([torch.tensor(1.0), torch.tensor(3.0)], 1, 2)) == 3.0
+
+
+def test_preset_batch_gpu_is_an_upper_bound_and_max_size_counts_images(data):
+    from stages.datasets.loader import ImageFolderDataset
+    from stages.training.config import resolve_options
+
+    c = TrainConfig(data=str(data), cfg="stylegan2", mirror=True)
+    ds = ImageFolderDataset(str(data), xflip=True)
+    opts = resolve_options(c, ds, num_processes=16)  # official: batch 32 over 16 GPUs = 2 each, one round
+    assert (opts["batch_size"], opts["batch_gpu"]) == (32, 2)
+    assert resolve_options(c, ds, num_processes=8)["batch_gpu"] == 4  # the preset's own per-GPU batch
+    assert len(ds) == 16 and opts["training_set_kwargs"]["max_size"] == 8  # images, not mirrored copies
+
+
+def test_resume_latest_skips_a_corrupt_newest_checkpoint(data, tmp_path):
+    run_dir = tmp_path / "run"
+    train(cfg(data, run_dir, steps=2))
+    newest = ckpt.find_latest(run_dir)
+    raw = bytearray((newest / ckpt.STATE).read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # same size, so it still looks complete; only the checksum tells
+    (newest / ckpt.STATE).write_bytes(bytes(raw))
+    train(cfg(data, run_dir, steps=2, resume="latest"))
+    log = (run_dir / "log.txt").read_text()
+    assert "checksum does not match" in log
+    assert f"resuming from checkpoint {run_dir / ckpt.CKPT_DIR / ckpt.checkpoint_name(4)}" in log
+    assert ckpt.find_latest(run_dir).name == ckpt.checkpoint_name(8)
+    ckpt.load_checkpoint(ckpt.find_latest(run_dir))  # rewritten, intact
+
+
+def test_ada_raises_p_by_itself_on_a_100_image_subset(tmp_path):
+    """The ADA controller alone moves p: on 100 images D's real-sign mean r_t quickly exceeds the 0.6
+    target and p climbs from 0; with an unreachable target (r_t <= 1) p must stay at 0."""
+    data = make_zip(tmp_path / "toy120.zip", n=120)
+    common = dict(steps=32, aug="ada", subset=100, ada_kimg=1.0, tick_kimg=0.032, snap=100, checkpoint_ticks=100)
+    run = train(cfg(data, tmp_path / "ada", **common))
+    records = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    p = [r["Progress/augment"]["mean"] for r in records]
+    r_t = [r["Loss/signs/real"]["mean"] for r in records]
+    assert p[0] == 0 and p[-1] > 0.05, p
+    assert max(r_t) > 0.6
+    opts = json.loads((run / "training_options.json").read_text())
+    assert opts["training_set_kwargs"]["max_size"] == 100 and opts["ada_target"] == 0.6
+    # Each adjustment moves p by batch * interval / (ada_kimg * 1000) = 0.016: p is a multiple of it.
+    assert abs(p[-1] / 0.016 - round(p[-1] / 0.016)) < 1e-3
+    unreachable = train(cfg(data, tmp_path / "never", target=1.0, **common))
+    last = json.loads((unreachable / "stats.jsonl").read_text().splitlines()[-1])
+    assert last["Progress/augment"]["mean"] == 0

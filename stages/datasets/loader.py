@@ -184,6 +184,11 @@ class ImageFolderDataset:
     # -- properties ------------------------------------------------------------------------------
 
     @property
+    def num_images(self) -> int:
+        """Distinct images in use (after max_size, before the x-flip doubling)."""
+        return int(self._raw_idx.size) // (2 if self._xflip.any() else 1)
+
+    @property
     def name(self) -> str:
         return self._name
 

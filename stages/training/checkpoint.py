@@ -38,6 +38,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written or does not fit the run it is loaded into."""
 
 
+class CorruptCheckpointError(CheckpointError):
+    """A complete-looking checkpoint whose `state.pt` does not match the checksum in its marker."""
+
+
 def checkpoint_name(cur_nimg: int) -> str:
     return f"ckpt-{cur_nimg / 1000:09.3f}"
 
@@ -200,6 +204,50 @@ def rotate(run_dir: str | os.PathLike, keep: int) -> list[Path]:
     return removed
 
 
+def set_aside_newer(run_dir: str | os.PathLike, restored: str | os.PathLike) -> Path | None:
+    """Move checkpoints newer than `restored` into `checkpoints/abandoned-<time>/`; returns that folder.
+
+    Resuming from an older checkpoint starts a new trajectory in the same run folder. Left in place,
+    the newer checkpoints of the old trajectory would outrank the new ones: rotation would delete
+    each new checkpoint as soon as it is written, and `latest` would point at the old trajectory.
+    """
+    restored = Path(restored)
+    newer = [p for p in list_complete(run_dir)
+             if float(_NAME_RE.match(p.name).group(1)) > float(_NAME_RE.match(restored.name).group(1))]  # type: ignore[union-attr]
+    if not newer:
+        return None
+    dest = Path(run_dir) / CKPT_DIR / time.strftime("abandoned-%Y%m%d-%H%M%S")
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in newer:
+        os.replace(p, dest / p.name)
+    _fsync_dir(dest.parent)
+    return dest
+
+
+def share_sums(saved: Any, rank: int, world: int) -> dict[str, torch.Tensor]:
+    """This process's share of per-process partial sums saved by a run of any process count.
+
+    Same count: its own. Otherwise the sums of all saved processes go to rank 0 and the others start
+    empty; the cross-process reduction then gives the same totals as before.
+    """
+    parts = saved if isinstance(saved, list) else [saved]  # checkpoints before per-process saving: one dict
+    if len(parts) == world:
+        return parts[rank]
+    if rank != 0:
+        return {}
+    total: dict[str, torch.Tensor] = {}
+    for part in parts:
+        for k, v in part.items():
+            total[k] = total[k] + v if k in total else v.clone()
+    return total
+
+
+def share_mean(saved: Any, rank: int, world: int) -> torch.Tensor:
+    """This process's running mean (the path-length mean): its own, else the mean over saved processes."""
+    parts = saved if isinstance(saved, list) else [saved]
+    return parts[rank] if len(parts) == world else torch.stack(list(parts)).mean()
+
+
 def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """(state, meta) of a complete checkpoint; `verify` re-checks the sha256 recorded in COMMIT."""
     path = Path(path)
@@ -212,10 +260,28 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> tuple[dict[
             for chunk in iter(lambda: fh.read(1 << 22), b""):
                 digest.update(chunk)
         if digest.hexdigest() != marker["sha256"]:
-            raise CheckpointError(f"{path / STATE}: checksum does not match {COMMIT}; the file is corrupt")
+            raise CorruptCheckpointError(f"{path / STATE}: checksum does not match {COMMIT}; the file is corrupt")
     state = torch.load(path / STATE, map_location="cpu", weights_only=True)
     meta = json.loads((path / META).read_text())
     return state, meta
+
+
+def load_newest_intact(run_dir: str | os.PathLike, newest: str | os.PathLike
+                       ) -> tuple[Path, dict[str, Any], dict[str, Any], list[str]]:
+    """Load `newest`, or when it is corrupt (bit rot, a disk that lied about fsync) the newest older
+    complete checkpoint that is intact. Returns (path, state, meta, [reasons for skipped ones])."""
+    newest = Path(newest)
+    candidates = [p for p in reversed(list_complete(run_dir)) if p != newest and
+                  float(_NAME_RE.match(p.name).group(1)) < float(_NAME_RE.match(newest.name).group(1))]  # type: ignore[union-attr]
+    skipped: list[str] = []
+    for path in [newest, *candidates]:
+        try:
+            state, meta = load_checkpoint(path)
+        except CorruptCheckpointError as exc:
+            skipped.append(str(exc))
+            continue
+        return path, state, meta, skipped
+    raise CheckpointError("no intact checkpoint to resume from: " + "; ".join(skipped))
 
 
 def load_module_state(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:

@@ -56,7 +56,8 @@ class TrainConfig:
     allow_tf32: bool = False
     nobench: bool = False                 # disable cudnn.benchmark
     workers: int = 3                      # DataLoader worker processes
-    metrics: tuple[str, ...] = ()         # metric names (evaluated by the evaluate stage; noted and skipped)
+    metrics: tuple[str, ...] = ()         # metrics on every network snapshot, e.g. fid50k_full (() = none)
+    detector_dir: str | None = None       # folder with the metric detectors (else $SG2_DETECTOR_DIR, cache, download)
     aug: AugMode = "ada"
     p: float | None = None                # fixed augmentation probability (aug=fixed)
     target: float | None = None           # ADA target for r_t (aug=ada; default 0.6)
@@ -108,6 +109,14 @@ class TrainConfig:
                 raise ConfigError(f"target: must be in [0, 1], got {self.target}")
         if not self.data:
             raise ConfigError("data: a dataset ZIP or folder is required (--data)")
+        if tuple(m.lower() for m in self.metrics) == ("none",):
+            object.__setattr__(self, "metrics", ())  # the official spelling of "no metrics"
+        from stages.metrics.registry import UnknownMetricError, parse_metrics
+
+        try:
+            parse_metrics(list(self.metrics))
+        except UnknownMetricError as exc:
+            raise ConfigError(f"metrics: {exc}") from exc
 
     @property
     def ada_target(self) -> float | None:
@@ -150,7 +159,9 @@ def resolve_options(
     elif cfg.batch is not None:
         batch_gpu = batch // num_processes
     else:
-        batch_gpu = max(spec.mb // spec.ref_gpus, 1)
+        # The preset's per-GPU batch is an upper bound: on more processes than the preset's reference
+        # count each takes its share in one round (as the official loop does).
+        batch_gpu = max(min(spec.mb // spec.ref_gpus, batch // num_processes), 1)
     if batch % (batch_gpu * num_processes):
         raise ConfigError(
             f"batch ({batch}) must be a multiple of batch_gpu x processes ({batch_gpu} x {num_processes})")
@@ -160,7 +171,7 @@ def resolve_options(
 
     augment = cfg.aug != "noaug"
     opts: dict[str, Any] = dict(
-        training_set_kwargs=dict(path=cfg.data, use_labels=cfg.cond, max_size=cfg.subset or len(dataset),
+        training_set_kwargs=dict(path=cfg.data, use_labels=cfg.cond, max_size=dataset.num_images,
                                  xflip=cfg.mirror, resolution=res, random_seed=cfg.seed),
         data_loader_kwargs=dict(num_workers=cfg.workers, prefetch_factor=2 if cfg.workers else None),
         G_kwargs=G_kwargs,
@@ -172,6 +183,7 @@ def resolve_options(
                          style_mixing_prob=spec.style_mixing_prob if cfg.style_mixing is None else cfg.style_mixing),
         augment_kwargs=dict(augpipe=cfg.augpipe) if augment else None,
         metrics=list(cfg.metrics),
+        detector_dir=cfg.detector_dir,
         random_seed=cfg.seed,
         num_gpus=num_processes,
         batch_size=batch,
@@ -203,7 +215,11 @@ def resolve_options(
 # Options that may change between a checkpoint and its resumption without changing the trajectory
 # of the weights (how long to train, how often to write, where, with how many loader workers...).
 _RESUMABLE_KEYS = {"data_loader_kwargs", "metrics", "total_kimg", "kimg_per_tick", "image_snapshot_ticks",
-                   "network_snapshot_ticks", "checkpoint_ticks", "keep_checkpoints", "resume_pkl", "grid_size"}
+                   "network_snapshot_ticks", "checkpoint_ticks", "keep_checkpoints", "resume_pkl", "grid_size",
+                   "detector_dir",
+                   # A run may continue on another process count or device, as the official resume does
+                   # (the RNG states are then reseeded; see the restore in loop.py).
+                   "num_gpus", "device"}
 
 
 def identity_options(opts: dict[str, Any]) -> dict[str, Any]:

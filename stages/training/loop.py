@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+import ops
 from models import Discriminator, Generator, save_snapshot
 from models.loss import StyleGAN2Loss
 from models.training_rules import ada_adjustment, ema_beta
@@ -41,8 +42,9 @@ from stages.training.setup import (
     transfer_weights,
     write_json_atomic,
 )
-from stages.training.stats import StatsCollector, Tee, write_curves_csv
-from stages.training.tracking import flatten, make_tracker
+from stages.training.snapshot_metrics import SnapshotMetrics
+from stages.training.stats import StatsCollector, Tee, truncate_stats_jsonl, write_curves_csv
+from stages.training.tracking import flatten, git_commit, make_tracker
 
 
 def train(cfg: TrainConfig) -> Path | None:
@@ -86,8 +88,6 @@ def train(cfg: TrainConfig) -> Path | None:
     acc.wait_for_everyone()
     log = RunLog(run_dir / "log.txt" if main else None)
     log(f"run folder: {run_dir}  ({world} process{'es' if world > 1 else ''} on {device.type})")
-    for name in cfg.metrics:
-        log(f"metric {name}: not computed during training yet (the evaluate stage computes it); skipped")
 
     seed = opts["random_seed"] * world + rank
     np.random.seed(seed)
@@ -112,8 +112,13 @@ def train(cfg: TrainConfig) -> Path | None:
     # --- restore --------------------------------------------------------------------------------
     prog = Progress()
     if restore_from is not None:
+        if cfg.resume in ("latest", "auto"):
+            restore_from, state, meta, skipped = ckpt.load_newest_intact(run_dir, restore_from)
+            for reason in skipped:
+                log(f"warning: {reason}; trying the previous checkpoint")
+        else:  # a checkpoint named by the user: no silent substitute
+            state, meta = ckpt.load_checkpoint(restore_from)
         log(f"resuming from checkpoint {restore_from}")
-        state, meta = ckpt.load_checkpoint(restore_from)
         if meta["config_hash"] != config_hash(ident):
             raise ckpt.CheckpointError(f"{restore_from} was written with different options: "
                                        + "; ".join(diff_keys(meta["identity"], ident)))
@@ -124,15 +129,24 @@ def train(cfg: TrainConfig) -> Path | None:
         for ph in phases[::2]:
             ph.opt.load_state_dict(state["optimizers"][ph.name[0]])
         prog = Progress(**state["progress"])
-        loss.pl_mean.copy_(state["pl_mean"])
-        stats.load_state_dict(state["stats"], device)
+        loss.pl_mean.copy_(ckpt.share_mean(state["pl_mean"], rank, world))
+        stats.load_state_dict(ckpt.share_sums(state["stats"], rank, world), device)
         if ada_stats is not None:
-            ada_stats.load_state_dict(state["ada_stats"], device)
+            ada_stats.load_state_dict(ckpt.share_sums(state["ada_stats"], rank, world), device)
         rngs = state["rng"]
         if len(rngs) == world:
             ckpt.set_rng_state(rngs[rank])
         else:
-            log(f"note: checkpoint has RNG states of {len(rngs)} processes, this run has {world}; reseeded")
+            log(f"note: checkpoint was written by {len(rngs)} processes, this run has {world}: RNG states "
+                f"reseeded and the path-length mean averaged, so the run continues close to, not exactly on, "
+                f"its earlier trajectory")
+        if main:
+            set_aside = ckpt.set_aside_newer(run_dir, restore_from)
+            if set_aside is not None:
+                log(f"note: checkpoints newer than {restore_from.name} moved to {set_aside} (not deleted)")
+            dropped = truncate_stats_jsonl(run_dir / "stats.jsonl", prog.cur_tick)
+            if dropped:
+                log(f"note: {dropped} stats.jsonl record(s) written after {restore_from.name} removed")
     elif transfer:
         log(f"starting from network weights {cfg.resume} (transfer learning)")
         transfer_weights(cfg.resume, nets)
@@ -156,14 +170,15 @@ def train(cfg: TrainConfig) -> Path | None:
             imgs = torch.cat([G_ema(z, c, noise_mode="const").cpu() for z, c in zip(grid_z, grid_c)])
         save_grid(imgs, path, (-1, 1), grid)
 
-    if main and prog.cur_nimg == 0:
-        save_grid(np.stack([dataset[i][0] for i in grid_idx]), run_dir / "reals.png", (0, 255), grid)
-        save_fakes(run_dir / "fakes_init.png")
-
+    snapshot_metrics = SnapshotMetrics(cfg.metrics, opts["training_set_kwargs"], run_dir, device, log,
+                                       detector_dir=cfg.detector_dir)
     tracker, note = make_tracker(cfg.mlflow) if main else (make_tracker(False)[0], None)
     if note:
         log(f"note: {note}")
-    tracker.start(run_dir.name, flatten(opts))
+    tracker.start(run_dir.name, flatten(opts), tags={
+        "stage": "train", "run_dir": str(run_dir), "dataset_hash": ident["dataset_hash"],
+        "git_commit": git_commit(Path(__file__).parent) or "unknown", "resumed": str(restore_from is not None).lower()})
+    ops_tagged = False
     status = "FAILED"
     total_nimg = int(opts["total_kimg"] * 1000)
     log(f"training for {opts['total_kimg']:g} kimg, batch {batch} ({batch_gpu} per round per process)\n")
@@ -178,6 +193,11 @@ def train(cfg: TrainConfig) -> Path | None:
         tracker.end("FINISHED")
         return run_dir
     try:
+        if main and prog.cur_nimg == 0:
+            save_grid(np.stack([dataset[i][0] for i in grid_idx]), run_dir / "reals.png", (0, 255), grid)
+            save_fakes(run_dir / "fakes_init.png")
+            tracker.log_artifact(run_dir / "reals.png", "images")
+            tracker.log_artifact(run_dir / "fakes_init.png", "images")
         with stop_on_signals() as stop:
             tick_start, maintenance = now(), now() - start
             while True:
@@ -213,6 +233,9 @@ def train(cfg: TrainConfig) -> Path | None:
                 for name, value in info.items():
                     stats.report(name, value)
                 tracker.log_metrics(stats.flush(), step=prog.cur_nimg // 1000)
+                if not ops_tagged:  # known once every op has run (after the first step)
+                    tracker.set_tags({f"ops.{k}": v for k, v in ops.implementations_in_use().items()})
+                    ops_tagged = True
                 if main:
                     write_curves_csv(run_dir / "stats.jsonl", run_dir / "curves.csv")
 
@@ -221,12 +244,18 @@ def train(cfg: TrainConfig) -> Path | None:
                 kimg_tag = f"{prog.cur_nimg // 1000:06d}"
                 if main and (final or prog.cur_tick % opts["image_snapshot_ticks"] == 0):
                     save_fakes(run_dir / f"fakes{kimg_tag}.png")
-                    tracker.log_artifact(run_dir / f"fakes{kimg_tag}.png")
-                if main and (final or prog.cur_tick % opts["network_snapshot_ticks"] == 0):
-                    save_snapshot(run_dir / f"network-snapshot-{kimg_tag}.safetensors",
-                                  {**nets, "augment_pipe": augment_pipe},
-                                  training_set_kwargs=opts["training_set_kwargs"],
-                                  meta={"cur_nimg": prog.cur_nimg, "cur_tick": prog.cur_tick})
+                    tracker.log_artifact(run_dir / f"fakes{kimg_tag}.png", "images")
+                if final or prog.cur_tick % opts["network_snapshot_ticks"] == 0:
+                    snapshot = run_dir / f"network-snapshot-{kimg_tag}.safetensors"
+                    if main:
+                        save_snapshot(snapshot, {**nets, "augment_pipe": augment_pipe},
+                                      training_set_kwargs=opts["training_set_kwargs"],
+                                      meta={"cur_nimg": prog.cur_nimg, "cur_tick": prog.cur_tick})
+                        tracker.log_artifact(snapshot, "snapshots")
+                    if snapshot_metrics:
+                        results = snapshot_metrics(G_ema, snapshot)  # every process: features are split
+                        tracker.log_metrics({f"Metrics/{k}": v for k, v in results.items()},
+                                            step=prog.cur_nimg // 1000)
 
                 # maybe_checkpoint: full state, after the tick counters moved on (resume continues here).
                 ckpt_due = final or prog.cur_tick % opts["checkpoint_ticks"] == 0
@@ -253,7 +282,9 @@ def train(cfg: TrainConfig) -> Path | None:
                 maintenance = tick_start - tick_end
     finally:
         if main:
-            tracker.log_artifact(run_dir / "stats.jsonl")
+            for name in ("stats.jsonl", "curves.csv", "log.txt"):
+                if (run_dir / name).is_file():
+                    tracker.log_artifact(run_dir / name)
         tracker.end(status)
     log("exiting")
     return run_dir
@@ -328,17 +359,21 @@ def _update_ema(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None
 
 def _full_state(nets, augment_pipe, phases, prog, loss, stats, ada_stats, start, dist) -> dict:
     """Everything a resumed run needs to continue exactly (see stages.training.checkpoint)."""
-    rng = ckpt.rng_state()
-    rngs = _gather_objects(rng) if dist else [rng]
+    def per_process(obj: object) -> list:
+        return _gather_objects(obj) if dist else [obj]
+
+    rngs = per_process(ckpt.rng_state())
     progress = dict(vars(prog), elapsed_sec=prog.elapsed_sec + now() - start)
     return {
         **{name: m.state_dict() for name, m in nets.items()},
         "augment_pipe": augment_pipe.state_dict() if augment_pipe is not None else {},
         "optimizers": {ph.name[0]: ph.opt.state_dict() for ph in phases[::2]},
         "progress": progress,
-        "pl_mean": loss.pl_mean.detach().clone(),
-        "stats": stats.state_dict(),
-        "ada_stats": ada_stats.state_dict() if ada_stats is not None else {},
+        # Per process, like the RNG states: each process has its own path-length mean and its own
+        # partial sums of the statistics (reduced only when read).
+        "pl_mean": per_process(loss.pl_mean.detach().cpu().clone()),
+        "stats": per_process(stats.state_dict()),
+        "ada_stats": per_process(ada_stats.state_dict() if ada_stats is not None else {}),
         "rng": rngs,
         "sampler_position": prog.batch_idx,  # in global batches; InfiniteBatchSampler restarts there
     }

@@ -108,6 +108,30 @@ class Tee:
             s.report(name, value)
 
 
+def truncate_stats_jsonl(path: str | Path, before_tick: int) -> int:
+    """Drop records of ticks >= `before_tick` (logged after the checkpoint a run resumes from, and about
+    to be logged again); rewritten atomically. Returns how many records were dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            tick = json.loads(line).get("Progress/tick", {}).get("mean")
+        except ValueError:
+            dropped += 1  # a line cut by a crash
+            continue
+        if tick is not None and tick >= before_tick:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+    return dropped
+
+
 # Columns of `curves.csv` (DVC plots): tick means of the statistics people watch, x axis kimg.
 CURVE_COLUMNS = {
     "kimg": "Progress/kimg",

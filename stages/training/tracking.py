@@ -3,6 +3,10 @@
 `make_tracker` returns an `MlflowTracker` when MLflow is importable and tracking was asked for
 (`--mlflow` or `SG2_MLFLOW=1`), else a `NullTracker` (stats already go to `stats.jsonl`). A tracking
 server that cannot be reached is warned about once; training continues without it.
+
+Nesting across processes: the pipeline flow exports `SG2_MLFLOW_PARENT_RUN_ID` (and the tracking URI
+and experiment) to its stage subprocesses; a training run started under it carries MLflow's
+`mlflow.parentRunId` tag, which is what the UI nests by.
 """
 
 from __future__ import annotations
@@ -16,21 +20,28 @@ from typing import Any, Protocol
 Status = str  # "FINISHED" | "FAILED" | "KILLED" (MLflow's run statuses)
 
 
+PARENT_RUN_ENV = "SG2_MLFLOW_PARENT_RUN_ID"
+
+
 class Tracker(Protocol):
-    def start(self, run_name: str, params: dict[str, Any]) -> None: ...
+    def start(self, run_name: str, params: dict[str, Any], tags: dict[str, str] | None = None) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-    def log_artifact(self, path: str | Path) -> None: ...
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def end(self, status: Status) -> None: ...
 
 
 class NullTracker:
-    def start(self, run_name: str, params: dict[str, Any]) -> None:
+    def start(self, run_name: str, params: dict[str, Any], tags: dict[str, str] | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
         pass
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         pass
 
-    def log_artifact(self, path: str | Path) -> None:
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         pass
 
     def end(self, status: Status) -> None:
@@ -56,22 +67,44 @@ class MlflowTracker:
             warnings.warn(f"MLflow {what} failed ({type(exc).__name__}: {exc}); tracking disabled for this run",
                           RuntimeWarning, stacklevel=3)
 
-    def start(self, run_name: str, params: dict[str, Any]) -> None:
+    def start(self, run_name: str, params: dict[str, Any], tags: dict[str, str] | None = None) -> None:
+        # A dead server should cost seconds once, not MLflow's default minutes of retries per call.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         if "MLFLOW_TRACKING_URI" not in os.environ:
             self._guard("set_tracking_uri", self._mlflow.set_tracking_uri, "sqlite:///mlflow.db")
-        self._guard("start_run", self._mlflow.start_run, run_name=run_name)
+        all_tags = dict(tags or {})
+        parent = os.environ.get(PARENT_RUN_ENV)
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        nested = self._mlflow.active_run() is not None  # called from inside a run of the caller's
+        self._guard("start_run", self._mlflow.start_run, run_name=run_name, tags=all_tags or None, nested=nested)
         flat = {k: str(v)[:500] for k, v in params.items()}  # MLflow caps param values at 500 chars
         self._guard("log_params", self._mlflow.log_params, flat)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._guard("set_tags", self._mlflow.set_tags, tags)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         clean = {k.replace("/", "."): float(v) for k, v in metrics.items() if v == v}  # NaN is not loggable
         self._guard("log_metrics", self._mlflow.log_metrics, clean, step=step)
 
-    def log_artifact(self, path: str | Path) -> None:
-        self._guard("log_artifact", self._mlflow.log_artifact, str(path))
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._guard("log_artifact", self._mlflow.log_artifact, str(path), artifact_path=artifact_path)
 
     def end(self, status: Status) -> None:
         self._guard("end_run", self._mlflow.end_run, status=status)
+
+
+def git_commit(cwd: str | Path = ".") -> str | None:
+    """HEAD of the repository holding `cwd`, or None outside git (a pip-installed package, a container)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
