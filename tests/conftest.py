@@ -23,7 +23,8 @@ def _no_repo_params(monkeypatch, tmp_path_factory):
 
 
 # As the session started (a module-scoped fixture's set_experiment would otherwise leak to later modules).
-_PRISTINE_MLFLOW_ENV = {k: os.environ.get(k) for k in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")}
+_PRISTINE_MLFLOW_ENV = {k: os.environ.get(k)
+                        for k in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")}
 
 
 @pytest.fixture(autouse=True)

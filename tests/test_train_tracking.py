@@ -15,7 +15,7 @@ from stages.metrics.detectors import CACHE_ENV, DETECTOR_DIR_ENV, OFFLINE_ENV
 from stages.metrics.features import STATS_CACHE_ENV
 from stages.training.loop import train
 from stages.training.setup import TrainingDiverged
-from stages.training.tracking import PARENT_RUN_ENV
+from stages.training.tracking import EXPERIMENT, PARENT_RUN_ENV
 from tests.test_metrics import make_detector_dir
 from tests.test_train import cfg, make_zip
 
@@ -38,7 +38,7 @@ def _uri_from_environment():
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     """A private sqlite tracking store; returns an MlflowClient on it."""
-    monkeypatch.chdir(tmp_path)  # artifacts of a sqlite store land in ./mlruns
+    monkeypatch.chdir(tmp_path)  # artifacts of a local store land in ./mlartifacts
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # read by MLflow whenever no URI was set in-process
     yield mlflow.tracking.MlflowClient(uri)
@@ -54,7 +54,7 @@ def offline(tmp_path, monkeypatch):
     monkeypatch.delenv(DETECTOR_DIR_ENV, raising=False)
 
 
-def _only_run(client, experiment_name: str = "Default", name: str | None = None):
+def _only_run(client, experiment_name: str = EXPERIMENT, name: str | None = None):
     exp = client.get_experiment_by_name(experiment_name)
     runs = client.search_runs([exp.experiment_id])
     if name is not None:
@@ -71,12 +71,14 @@ def _artifacts(client, run_id: str, path: str | None = None) -> set[str]:
 
 
 def test_training_run_in_mlflow_nested_under_parent(data, tmp_path, store, monkeypatch):
-    parent = mlflow.start_run(run_name="pipeline").info.run_id
-    mlflow.end_run()
+    # What the pipeline flow hands its stage subprocesses (flows.tracking.PipelineTracker.child_env).
+    experiment_id = store.create_experiment("pipeline", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    parent = store.create_run(experiment_id, run_name="pipeline").info.run_id
     monkeypatch.setenv(PARENT_RUN_ENV, parent)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
     run_dir = train(cfg(data, tmp_path / "run", steps=2, mlflow=True, batch=4))
 
-    run = _only_run(store, name=run_dir.name)
+    run = _only_run(store, "pipeline", name=run_dir.name)
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.parentRunId"] == parent
     assert run.data.tags["stage"] == "train"
@@ -92,6 +94,7 @@ def test_training_run_in_mlflow_nested_under_parent(data, tmp_path, store, monke
     arts = _artifacts(store, run.info.run_id)
     assert {"images/reals.png", "images/fakes_init.png", "images/fakes000000.png", "stats.jsonl", "log.txt",
             "snapshots/network-snapshot-000000.safetensors"} <= arts
+    assert (tmp_path / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
 
 
 def test_crash_ends_run_failed(data, tmp_path, store, monkeypatch):

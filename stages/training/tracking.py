@@ -21,6 +21,7 @@ Status = str  # "FINISHED" | "FAILED" | "KILLED" (MLflow's run statuses)
 
 
 PARENT_RUN_ENV = "SG2_MLFLOW_PARENT_RUN_ID"
+EXPERIMENT = "stylegan2-ada-train"  # used unless MLFLOW_EXPERIMENT_ID/NAME or an active run says otherwise
 
 
 class Tracker(Protocol):
@@ -73,6 +74,9 @@ class MlflowTracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         if "MLFLOW_TRACKING_URI" not in os.environ:
             self._guard("set_tracking_uri", self._mlflow.set_tracking_uri, "sqlite:///mlflow.db")
+        if not (os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+                or self._mlflow.active_run() is not None):
+            self._guard("set_experiment", self._use_experiment, EXPERIMENT)
         all_tags = dict(tags or {})
         parent = os.environ.get(PARENT_RUN_ENV)
         if parent:
@@ -84,6 +88,18 @@ class MlflowTracker:
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self._guard("set_tags", self._mlflow.set_tags, tags)
+
+    def _use_experiment(self, name: str) -> None:
+        mlflow = self._mlflow
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            # A server keeps artifacts itself; a local store gets them in ./mlartifacts (project layout).
+            remote = mlflow.get_tracking_uri().startswith(("http://", "https://", "databricks"))
+            location = None if remote else Path("mlartifacts").resolve().as_uri()
+            experiment_id = mlflow.create_experiment(name, artifact_location=location)
+        else:
+            experiment_id = experiment.experiment_id
+        mlflow.set_experiment(experiment_id=experiment_id)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         clean = {k.replace("/", "."): float(v) for k, v in metrics.items() if v == v}  # NaN is not loggable
