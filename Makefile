@@ -14,6 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY=true
 export GX_ANALYTICS_ENABLED=false
 export DVC_NO_ANALYTICS=1
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
 .PHONY: venv test test-all lint bench demo ui repro clean-venv
 

@@ -20,6 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Prefect's in-process server gets 20 s to start by default; its first start on a fresh machine
+# (database migrations) takes longer than that on a small CPU box. Set before Prefect reads settings.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
