@@ -141,6 +141,13 @@ def test_metrics_on_snapshots_and_missing_detector_skipped_once(data, tmp_path, 
     run = _only_run(store, name=run_dir.name)
     assert len(store.get_metric_history(run.info.run_id, "Metrics.fid12_full")) == 2
 
+    # Back to the first checkpoint: the second tick's line goes, and comes back once retrained.
+    first = sorted((run_dir / "checkpoints").glob("ckpt-*"))[0]
+    train(cfg(data, run_dir, steps=2, metrics=("fid12_full",), detector_dir=str(dets), resume=str(first)))
+    again = [json.loads(line) for line in (run_dir / "metric-fid12_full.jsonl").read_text().splitlines()]
+    assert len(again) == 2 and again[0] == lines[0]
+    assert "1 metric-*.jsonl line(s) written after" in (run_dir / "log.txt").read_text()
+
 
 def test_unknown_metric_fails_before_training(data, tmp_path):
     from stages.config import ConfigError

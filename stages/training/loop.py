@@ -42,7 +42,7 @@ from stages.training.setup import (
     transfer_weights,
     write_json_atomic,
 )
-from stages.training.snapshot_metrics import SnapshotMetrics
+from stages.training.snapshot_metrics import SnapshotMetrics, truncate_metric_jsonl
 from stages.training.stats import StatsCollector, Tee, truncate_stats_jsonl, write_curves_csv
 from stages.training.tracking import flatten, git_commit, make_tracker
 
@@ -147,6 +147,9 @@ def train(cfg: TrainConfig) -> Path | None:
             dropped = truncate_stats_jsonl(run_dir / "stats.jsonl", prog.cur_tick)
             if dropped:
                 log(f"note: {dropped} stats.jsonl record(s) written after {restore_from.name} removed")
+            dropped = truncate_metric_jsonl(run_dir, float(meta.get("saved_at", float("inf"))))
+            if dropped:
+                log(f"note: {dropped} metric-*.jsonl line(s) written after {restore_from.name} removed")
     elif transfer:
         log(f"starting from network weights {cfg.resume} (transfer learning)")
         transfer_weights(cfg.resume, nets)

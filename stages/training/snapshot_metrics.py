@@ -7,6 +7,8 @@ missing is named once and dropped for the rest of the run instead of stopping tr
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,3 +56,25 @@ class SnapshotMetrics:
                 self.log(f"metric {name}: skipped for the rest of this run ({reason})")
             self.names.remove(name)
         return flat_results(out["records"])
+
+
+def truncate_metric_jsonl(run_dir: Path, after: float) -> int:
+    """Drop `metric-*.jsonl` lines stamped after `after` (the checkpoint a run resumes from was saved then;
+    the snapshots they measured are about to be trained and measured again). Returns the count dropped."""
+    dropped = 0
+    for path in sorted(run_dir.glob("metric-*.jsonl")):
+        kept = []
+        lines = path.read_text().splitlines()
+        for line in lines:
+            try:
+                stamp = float(json.loads(line).get("timestamp", 0.0))
+            except (ValueError, TypeError, AttributeError):
+                stamp = float("inf")  # a line cut by a crash
+            if stamp <= after:
+                kept.append(line)
+        if len(kept) != len(lines):
+            dropped += len(lines) - len(kept)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, path)
+    return dropped
