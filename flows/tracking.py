@@ -11,11 +11,12 @@ import hashlib
 import json
 import math
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from stages.experiments import git_commit, use_experiment
 
 DEFAULT_EXPERIMENT = "stylegan2-ada-pipeline"
 
@@ -29,18 +30,8 @@ def setup_experiment(project_dir: Path, name: str = DEFAULT_EXPERIMENT) -> str:
     """Point MLflow at the project's store; artifacts of a new experiment go to `<project>/mlartifacts`."""
     import mlflow
 
-    uri = tracking_uri(project_dir)
-    mlflow.set_tracking_uri(uri)
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is None:
-        # A server stores artifacts itself (mlflow-artifacts:/); only the local store gets a folder here.
-        location = None if uri.startswith(("http://", "https://")) else (project_dir / "mlartifacts").resolve().as_uri()
-        experiment_id = mlflow.create_experiment(name, artifact_location=location)
-    else:
-        experiment_id = experiment.experiment_id
-    # Active for nested runs too (they take the active experiment, not their parent's).
-    mlflow.set_experiment(experiment_id=experiment_id)
-    return experiment_id
+    mlflow.set_tracking_uri(tracking_uri(project_dir))
+    return use_experiment(name, project_dir / "mlartifacts")
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -59,14 +50,6 @@ def numeric(d: dict[str, Any]) -> dict[str, float]:
         if isinstance(value, bool) or (isinstance(value, int | float) and math.isfinite(value)):
             out[key] = float(value)
     return out
-
-
-def git_commit(project_dir: Path) -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_dir, capture_output=True, text=True,
-                              check=True).stdout.strip() or None
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def dataset_hash(project_dir: Path, params: dict[str, Any]) -> str | None:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STEP_KIMG = 0.004  # one batch of 4
 
 
-def make_zip(path: Path, n: int = 8, res: int = 16, labels: bool = False) -> Path:
+def make_zip(path: Path, n: int = 8, res: int = 16, labels: bool = False, classes: int = 2) -> Path:
     """A dataset in the official layout: 00000/img########.png + dataset.json."""
     rng = np.random.RandomState(0)
     entries = []
@@ -38,7 +38,7 @@ def make_zip(path: Path, n: int = 8, res: int = 16, labels: bool = False) -> Pat
             PIL.Image.fromarray((rng.rand(res, res, 3) * 255).astype(np.uint8)).save(buf, "PNG")
             name = f"00000/img{i:08d}.png"
             zf.writestr(name, buf.getvalue())
-            entries.append([name, i % 2])
+            entries.append([name, i % classes])
         zf.writestr("dataset.json", json.dumps({"labels": entries if labels else None}))
     return path
 

@@ -71,11 +71,20 @@ def _artifacts(client, run_id: str, path: str | None = None) -> set[str]:
 
 
 def test_training_run_in_mlflow_nested_under_parent(data, tmp_path, store, monkeypatch):
-    # What the pipeline flow hands its stage subprocesses (flows.tracking.PipelineTracker.child_env).
-    experiment_id = store.create_experiment("pipeline", artifact_location=(tmp_path / "mlartifacts").as_uri())
-    parent = store.create_run(experiment_id, run_name="pipeline").info.run_id
-    monkeypatch.setenv(PARENT_RUN_ENV, parent)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
+    # The environment the pipeline flow hands its stage subprocesses; the stage runs in another process,
+    # so the flow's run is closed here before training starts (no in-process active run to nest under).
+    import logging
+
+    from flows.tracking import PipelineTracker
+
+    pipeline = PipelineTracker(tmp_path, "pipeline", logging.getLogger("test"))
+    pipeline.start()
+    env = pipeline.child_env()
+    parent = pipeline.run_id
+    pipeline.finish("FINISHED")
+    assert env[PARENT_RUN_ENV] == parent and env["MLFLOW_TRACKING_URI"].startswith("sqlite:")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     run_dir = train(cfg(data, tmp_path / "run", steps=2, mlflow=True, batch=4))
 
     run = _only_run(store, "pipeline", name=run_dir.name)
@@ -86,8 +95,8 @@ def test_training_run_in_mlflow_nested_under_parent(data, tmp_path, store, monke
     assert run.data.tags["git_commit"] != ""
     assert run.data.tags["ops.bias_act"] in ("ref", "fast") and run.data.tags["ops.upfirdn2d"] in ("ref", "fast")
     assert run.data.params["batch_size"] == "4" and run.data.params["G_reg_interval"] == "4"
-    assert run.data.params["loss_kwargs.r1_gamma"] == json.loads((run_dir / "training_options.json").read_text())[
-        "loss_kwargs"]["r1_gamma"].__str__()
+    options = json.loads((run_dir / "training_options.json").read_text())
+    assert run.data.params["loss_kwargs.r1_gamma"] == str(options["loss_kwargs"]["r1_gamma"])
     history = store.get_metric_history(run.info.run_id, "Loss.G.loss")
     assert len(history) == 2 and all(h.value == h.value for h in history)  # one point per tick, finite
     assert [h.step for h in store.get_metric_history(run.info.run_id, "Progress.kimg")] == [0, 0]  # kimg (int)

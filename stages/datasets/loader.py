@@ -85,6 +85,7 @@ class ImageFolderDataset:
         if max_size is not None and self._raw_idx.size > max_size:
             np.random.RandomState(random_seed).shuffle(self._raw_idx)
             self._raw_idx = np.sort(self._raw_idx[:max_size])
+        self._num_images = int(self._raw_idx.size)
         self._xflip = np.zeros(self._raw_idx.size, dtype=np.uint8)
         if xflip:
             self._raw_idx = np.tile(self._raw_idx, 2)
@@ -186,7 +187,7 @@ class ImageFolderDataset:
     @property
     def num_images(self) -> int:
         """Distinct images in use (after max_size, before the x-flip doubling)."""
-        return int(self._raw_idx.size) // (2 if self._xflip.any() else 1)
+        return self._num_images
 
     @property
     def name(self) -> str:

@@ -76,13 +76,17 @@ def is_complete(path: str | os.PathLike) -> bool:
         return False
 
 
+def _kimg(path: Path) -> float:
+    return float(_NAME_RE.match(path.name).group(1))  # type: ignore[union-attr]
+
+
 def list_complete(run_dir: str | os.PathLike) -> list[Path]:
     """Complete checkpoints of a run, oldest first."""
     root = Path(run_dir) / CKPT_DIR
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and is_complete(p)]
-    return sorted(found, key=lambda p: float(_NAME_RE.match(p.name).group(1)))  # type: ignore[union-attr]
+    return sorted(found, key=_kimg)
 
 
 def find_latest(run_dir: str | os.PathLike) -> Path | None:
@@ -211,9 +215,7 @@ def set_aside_newer(run_dir: str | os.PathLike, restored: str | os.PathLike) -> 
     the newer checkpoints of the old trajectory would outrank the new ones: rotation would delete
     each new checkpoint as soon as it is written, and `latest` would point at the old trajectory.
     """
-    restored = Path(restored)
-    newer = [p for p in list_complete(run_dir)
-             if float(_NAME_RE.match(p.name).group(1)) > float(_NAME_RE.match(restored.name).group(1))]  # type: ignore[union-attr]
+    newer = [p for p in list_complete(run_dir) if _kimg(p) > _kimg(Path(restored))]
     if not newer:
         return None
     dest = Path(run_dir) / CKPT_DIR / time.strftime("abandoned-%Y%m%d-%H%M%S")
@@ -271,8 +273,7 @@ def load_newest_intact(run_dir: str | os.PathLike, newest: str | os.PathLike
     """Load `newest`, or when it is corrupt (bit rot, a disk that lied about fsync) the newest older
     complete checkpoint that is intact. Returns (path, state, meta, [reasons for skipped ones])."""
     newest = Path(newest)
-    candidates = [p for p in reversed(list_complete(run_dir)) if p != newest and
-                  float(_NAME_RE.match(p.name).group(1)) < float(_NAME_RE.match(newest.name).group(1))]  # type: ignore[union-attr]
+    candidates = [p for p in reversed(list_complete(run_dir)) if _kimg(p) < _kimg(newest)]
     skipped: list[str] = []
     for path in [newest, *candidates]:
         try:

@@ -21,6 +21,7 @@ from models import Discriminator, Generator, save_snapshot
 from models.loss import StyleGAN2Loss
 from models.training_rules import ada_adjustment, ema_beta
 from stages.datasets.loader import ImageFolderDataset
+from stages.experiments import git_commit
 from stages.training import checkpoint as ckpt
 from stages.training.config import TrainConfig, config_hash, diff_keys, format_table, identity_options, resolve_options
 from stages.training.data import InfiniteBatchSampler, make_loader
@@ -44,7 +45,7 @@ from stages.training.setup import (
 )
 from stages.training.snapshot_metrics import SnapshotMetrics, truncate_metric_jsonl
 from stages.training.stats import StatsCollector, Tee, truncate_stats_jsonl, write_curves_csv
-from stages.training.tracking import flatten, git_commit, make_tracker
+from stages.training.tracking import flatten, make_tracker
 
 
 def train(cfg: TrainConfig) -> Path | None:

@@ -7,22 +7,21 @@ missing is named once and dropped for the rest of the run instead of stopping tr
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from stages.metrics.registry import parse_metrics
+from stages.training.stats import filter_jsonl
 
 
 class SnapshotMetrics:
+    """Metric names are validated by TrainConfig, so a typo fails at start-up, not hours later."""
+
     def __init__(self, names: list[str] | tuple[str, ...], dataset_kwargs: dict[str, Any], run_dir: Path,
                  device: torch.device, log: Callable[[str], None], detector_dir: str | None = None,
                  batch_size: int = 64) -> None:
-        parse_metrics(list(names))  # unknown names fail at start-up, not at the first snapshot hours later
         self.names = list(names)
         self.dataset_kwargs = dict(dataset_kwargs)
         self.run_dir, self.device, self.log = run_dir, device, log
@@ -59,22 +58,7 @@ class SnapshotMetrics:
 
 
 def truncate_metric_jsonl(run_dir: Path, after: float) -> int:
-    """Drop `metric-*.jsonl` lines stamped after `after` (the checkpoint a run resumes from was saved then;
-    the snapshots they measured are about to be trained and measured again). Returns the count dropped."""
-    dropped = 0
-    for path in sorted(run_dir.glob("metric-*.jsonl")):
-        kept = []
-        lines = path.read_text().splitlines()
-        for line in lines:
-            try:
-                stamp = float(json.loads(line).get("timestamp", 0.0))
-            except (ValueError, TypeError, AttributeError):
-                stamp = float("inf")  # a line cut by a crash
-            if stamp <= after:
-                kept.append(line)
-        if len(kept) != len(lines):
-            dropped += len(lines) - len(kept)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, path)
-    return dropped
+    """Drop `metric-*.jsonl` lines stamped after `after`: the checkpoint a run resumes from was saved then,
+    and the snapshots those lines measured are about to be trained and measured again."""
+    return sum(filter_jsonl(path, lambda r: float(r.get("timestamp", 0.0)) <= after)
+               for path in sorted(run_dir.glob("metric-*.jsonl")))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from collections.abc import Callable
@@ -108,28 +109,35 @@ class Tee:
             s.report(name, value)
 
 
-def truncate_stats_jsonl(path: str | Path, before_tick: int) -> int:
-    """Drop records of ticks >= `before_tick` (logged after the checkpoint a run resumes from, and about
-    to be logged again); rewritten atomically. Returns how many records were dropped."""
+def filter_jsonl(path: str | Path, keep: Callable[[dict[str, Any]], bool]) -> int:
+    """Rewrite a JSON-lines file (atomically, fsynced) with only the records `keep` accepts; a line cut
+    by a crash is dropped too. Returns how many lines were dropped."""
     path = Path(path)
     if not path.is_file():
         return 0
-    kept, dropped = [], 0
-    for line in path.read_text().splitlines():
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
         try:
-            tick = json.loads(line).get("Progress/tick", {}).get("mean")
+            record = json.loads(line)
         except ValueError:
-            dropped += 1  # a line cut by a crash
             continue
-        if tick is not None and tick >= before_tick:
-            dropped += 1
-        else:
+        if isinstance(record, dict) and keep(record):
             kept.append(line)
-    if dropped:
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(path)
-    return dropped
+    if len(kept) != len(lines):
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w") as fh:
+            fh.write("".join(line + "\n" for line in kept))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
+def truncate_stats_jsonl(path: str | Path, before_tick: int) -> int:
+    """Drop records of ticks >= `before_tick`: logged after the checkpoint a run resumes from, and about
+    to be logged again. Returns how many were dropped."""
+    return filter_jsonl(path, lambda r: r.get("Progress/tick", {}).get("mean", -1) < before_tick)
 
 
 # Columns of `curves.csv` (DVC plots): tick means of the statistics people watch, x axis kimg.

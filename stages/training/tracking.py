@@ -17,6 +17,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
+from stages.experiments import use_experiment
+
 Status = str  # "FINISHED" | "FAILED" | "KILLED" (MLflow's run statuses)
 
 
@@ -76,7 +78,7 @@ class MlflowTracker:
             self._guard("set_tracking_uri", self._mlflow.set_tracking_uri, "sqlite:///mlflow.db")
         if not (os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_EXPERIMENT_NAME")
                 or self._mlflow.active_run() is not None):
-            self._guard("set_experiment", self._use_experiment, EXPERIMENT)
+            self._guard("set_experiment", use_experiment, EXPERIMENT, Path("mlartifacts"))
         all_tags = dict(tags or {})
         parent = os.environ.get(PARENT_RUN_ENV)
         if parent:
@@ -110,17 +112,6 @@ class MlflowTracker:
 
     def end(self, status: Status) -> None:
         self._guard("end_run", self._mlflow.end_run, status=status)
-
-
-def git_commit(cwd: str | Path = ".") -> str | None:
-    """HEAD of the repository holding `cwd`, or None outside git (a pip-installed package, a container)."""
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -29,18 +29,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import json
 import statistics
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import PIL.Image
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -56,21 +53,13 @@ from stages.datasets.loader import ImageFolderDataset  # noqa: E402
 from stages.training.config import TrainConfig, resolve_options  # noqa: E402
 from stages.training.loop import _update_ema, step  # noqa: E402
 from stages.training.setup import Progress, build_phases  # noqa: E402
+from tests.test_train import make_zip  # noqa: E402
 
 PHASES = [("Gmain", 1), ("Greg", 4), ("Dmain", 1), ("Dreg", 16)]
 
 
 def make_dataset(path: Path, n: int = 64, res: int = 32, classes: int = 10) -> ImageFolderDataset:
-    rng = np.random.RandomState(0)
-    entries = []
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        for i in range(n):
-            buf = io.BytesIO()
-            PIL.Image.fromarray((rng.rand(res, res, 3) * 255).astype(np.uint8)).save(buf, "PNG")
-            zf.writestr(f"00000/img{i:08d}.png", buf.getvalue())
-            entries.append([f"00000/img{i:08d}.png", i % classes])
-        zf.writestr("dataset.json", json.dumps({"labels": entries}))
-    return ImageFolderDataset(str(path), use_labels=True)
+    return ImageFolderDataset(str(make_zip(path, n=n, res=res, labels=True, classes=classes)), use_labels=True)
 
 
 def resolved(cfg: str, dataset: ImageFolderDataset) -> dict[str, Any]:
