@@ -28,7 +28,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.tracking import PipelineTracker, pipeline_tags
-from stages.config import load_params
+from stages.common.config import load_params
 
 STAGES = ("demo_data", "prepare", "validate", "train", "evaluate", "generate", "export")
 
@@ -69,7 +69,7 @@ def repro_stage(stage: str, project_dir: str, extra_env: dict[str, str] | None =
 @task
 def register_model(project_dir: str, params: dict[str, Any]) -> dict[str, Any] | None:
     """Register the exported generator in the MLflow model registry under an alias (nested run)."""
-    from stages.exporting.registry import register_generator
+    from stages.export.registry import register_generator
 
     export = params.get("export", {})
     out = Path(project_dir) / export.get("outdir", "exports")

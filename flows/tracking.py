@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from stages.experiments import git_commit, use_experiment
+from stages.common.tracking import git_commit, use_experiment
 
 DEFAULT_EXPERIMENT = "stylegan2-ada-pipeline"
 
@@ -128,7 +128,7 @@ def log_stage_outputs(stage: str, project_dir: Path, params: dict[str, Any]) -> 
         summary["files"] = _log_files(files, "generate")
     elif stage == "export":
         outdir = p / section.get("outdir", "exports")
-        from stages.exporting.parity import parity_metrics
+        from stages.export.parity import parity_metrics
 
         parity = _read_json(outdir / "parity.json")
         if parity.get("variants"):

@@ -1,18 +1,21 @@
-"""StyleGAN2-ADA networks and their serialization.
+"""GAN networks and their serialization, usable from a notebook with `import models`.
 
-`import models` gives the networks (official constructor arguments and state_dict names) and
-`load_network`, which reads this project's code-free snapshots, official network pickles (without
-executing code stored in them) and URLs.
+    G = models.load_generator("runs/demo")              # G_ema of the newest snapshot, eval mode
+    img = G(z, c, truncation_psi=0.7, noise_mode="const")
+
+`load_network` reads this project's code-free snapshots, official network pickles (without executing
+code stored in them) and URLs. The networks keep the official constructor arguments and state_dict
+names. Nothing here knows about MLflow, DVC or Prefect.
 """
 
 from models.augment import AUGPIPE_SPECS, AugmentParams, AugmentPipe, make_augment_pipe
-from models.discriminator import Discriminator
-from models.generator import Generator
-from models.legacy import UnsafePickleError, UnsupportedPickleError
-from models.loading import load_network, save_network
-from models.mapping import MappingNetwork
-from models.snapshot import SnapshotError, StateMismatchError, load_snapshot, save_snapshot
-from models.synthesis import SynthesisNetwork
+from models.serialization.loading import load_generator, load_network
+from models.serialization.official_pickle import UnsafePickleError, UnsupportedPickleError
+from models.serialization.snapshot import SnapshotError, StateMismatchError, load_snapshot, save_snapshot
+from models.stylegan2.discriminator import Discriminator
+from models.stylegan2.generator import Generator
+from models.stylegan2.mapping import MappingNetwork
+from models.stylegan2.synthesis import SynthesisNetwork
 
 __all__ = [
     "AUGPIPE_SPECS",
@@ -26,9 +29,9 @@ __all__ = [
     "SynthesisNetwork",
     "UnsafePickleError",
     "UnsupportedPickleError",
+    "load_generator",
     "load_network",
     "load_snapshot",
     "make_augment_pipe",
-    "save_network",
     "save_snapshot",
 ]

@@ -59,10 +59,11 @@ class _NoStats:
 
 
 class StyleGAN2Loss:
-    """Runs one training phase and accumulates its gradients; holds only the path-length mean.
+    """Runs one training phase and accumulates its gradients; its only state is the path-length mean.
 
-    `run_G`/`run_D` are the caller's: they wrap the networks (DDP sync, augmentation) so this class
-    stays free of distribution and augmentation concerns.
+    `run_G` applies style mixing; `run_D` passes images through the augmentation pipeline (ADA) before D,
+    reals and fakes alike, as the paper requires. Distribution is the training loop's business: it
+    all-reduces the gradients this leaves in `.grad`.
     """
 
     def __init__(
@@ -144,8 +145,8 @@ class StyleGAN2Loss:
             self.stats.report("Loss/pl_penalty", penalty)
             loss = penalty * self.pl_weight
             self.stats.report("Loss/G/reg", loss)
-            # `gen_img[:, 0, 0, 0] * 0` keeps every synthesis parameter in the graph, so DDP's
-            # gradient reduction sees the same parameter set in every phase.
+            # `gen_img[:, 0, 0, 0] * 0` ties the image to the loss, as the official loop does; the
+            # gradient it adds is exactly zero.
             (gen_img[:, 0, 0, 0] * 0 + loss).mean().mul(gain).backward()
 
         loss_Dgen: torch.Tensor | float = 0.0

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from stages.training import checkpoint as ckpt
-from stages.training.data import InfiniteBatchSampler
-from stages.training.stats import StatsCollector
+from stages.train import checkpoint as ckpt
+from stages.train.data import InfiniteBatchSampler
+from stages.train.stats import StatsCollector
 
 
 def _state(seed: int = 0) -> dict:
@@ -144,7 +144,7 @@ def test_stats_collector_moments_and_state(tmp_path):
 
 
 def test_curves_csv_from_stats_jsonl(tmp_path):
-    from stages.training.stats import CURVE_COLUMNS, write_curves_csv
+    from stages.train.stats import CURVE_COLUMNS, write_curves_csv
 
     jsonl = tmp_path / "stats.jsonl"
     jsonl.write_text(

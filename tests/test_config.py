@@ -8,7 +8,7 @@ from typing import Literal
 
 import pytest
 
-from stages.config import ConfigError, build_config, config_from_args, load_params
+from stages.common.config import ConfigError, build_config, config_from_args, load_params
 
 
 @dataclasses.dataclass(frozen=True)

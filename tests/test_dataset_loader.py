@@ -12,8 +12,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from stages.datasets.loader import ImageFolderDataset
-from stages.prepare import PrepareConfig, prepare_dataset
+from stages.common.dataset import ImageFolderDataset
+from stages.prepare.conversion import PrepareConfig, prepare_dataset
 
 
 def _arrays(n: int, c: int = 3, size: int = 8) -> list[np.ndarray]:

@@ -17,10 +17,11 @@ import pytest
 import torch
 
 from models import Generator, save_snapshot
-from stages.exporting import ExportConfig, export_all
-from stages.exporting.onnx_export import add_uint8_output, describe_io, export_generator
-from stages.exporting.parity import check_parity, make_inputs, ort_session, reference_images, to_uint8_nhwc
-from stages.exporting.tensorrt_build import (
+from stages.export.config import ExportConfig
+from stages.export.exporter import export_all
+from stages.export.onnx_export import add_uint8_output, describe_io, export_generator
+from stages.export.parity import check_parity, make_inputs, ort_session, reference_images, to_uint8_nhwc
+from stages.export.tensorrt_build import (
     BatchProfile,
     TensorRTUnavailable,
     build_engine,
@@ -28,7 +29,7 @@ from stages.exporting.tensorrt_build import (
     require_tensorrt,
     trtexec_command,
 )
-from stages.exporting.triton import parse_pbtxt
+from stages.export.triton import parse_pbtxt
 
 Z = 16
 
@@ -180,7 +181,7 @@ def test_tensorrt_refusal(monkeypatch, tmp_path):
     assert "\n" not in str(exc.value)
     with pytest.raises(TensorRTUnavailable):
         build_engine(tmp_path / "g.onnx", tmp_path / "g.plan", {})
-    from stages.export import main
+    from stages.export.cli import main
 
     assert main(["render", "--model", str(tmp_path / "missing.plan"), "--seeds", "0", "--outdir", str(tmp_path)]) == 1
 
@@ -188,7 +189,7 @@ def test_tensorrt_refusal(monkeypatch, tmp_path):
 def test_render_cli(uncond32, tmp_path):
     from PIL import Image
 
-    from stages.export import main
+    from stages.export.cli import main
 
     G, out, _ = uncond32
     assert main(["render", "--model", str(out / "generator_uint8.onnx"), "--seeds", "0-2", "--trunc", "0.7",
@@ -200,7 +201,7 @@ def test_render_cli(uncond32, tmp_path):
 
 
 def test_cli_errors_are_one_line(capsys, tmp_path):
-    from stages.export import main
+    from stages.export.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
@@ -215,8 +216,8 @@ def test_cli_errors_are_one_line(capsys, tmp_path):
 def test_mlflow_registry_alias(uncond32, tmp_path, monkeypatch):
     import mlflow
 
-    from stages.exporting.registry import register_generator
-    from stages.exporting.runner import Renderer
+    from stages.export.registry import register_generator
+    from stages.export.render import Renderer
 
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.chdir(tmp_path)  # mlruns/mlartifacts land in the temp dir

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from models import Generator, save_snapshot
-from stages.generate import main
-from stages.generation import ProjectConfig, parse_grid, parse_seeds, run_projection
-from stages.generation.config import GenerateError
-from stages.generation.images import images_to_uint8
-from stages.generation.projector import project
-from stages.generation.video import num_frames
+from stages.generate.cli import main
+from stages.generate.config import GenerateError, ProjectConfig
+from stages.generate.images import images_to_uint8
+from stages.generate.projector import project, run_projection
+from stages.generate.seeds import parse_grid, parse_seeds
+from stages.generate.video import num_frames
 
 RES = 16
 

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from models import Discriminator, Generator, UnsafePickleError, UnsupportedPickleError, load_network
-from models.legacy import load_official_pickle
-from models.snapshot import lookup_class
-from stages import convert as convert_stage
+from models.serialization.official_pickle import load_official_pickle
+from models.serialization.snapshot import lookup_class
+from stages.convert import cli as convert_stage
 
 
 def _tiny_g(c_dim: int) -> Generator:
@@ -253,7 +253,7 @@ def test_tensorflow_pickle_recognised_by_torch_importer(monkeypatch, tmp_path):
     pkl = tmp_path / "tf.pkl"
     _dump((Network(), Network(), Network()), pkl)
     # The PyTorch-pickle importer recognises the TF layout and says so; load_network routes such
-    # files to models.tf_legacy instead (tests/test_tf_legacy.py).
+    # files to models.serialization.tf_pickle instead (tests/test_tf_legacy.py).
     with pytest.raises(UnsupportedPickleError, match=r"TensorFlow.*not supported"):
         load_official_pickle(pkl)
 

@@ -19,13 +19,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stages.datasets.loader import ImageFolderDataset
-from stages.metrics import detectors, formulas
-from stages.metrics.detectors import DetectorNotFoundError, find_detector, load_detector
-from stages.metrics.features import cached_dataset_features, generator_features
-from stages.metrics.ppl import perceptual_path_length, ppl_distances
-from stages.metrics.registry import OFFICIAL_METRICS, UnknownMetricError, parse_metric
-from stages.metrics.runner import MetricOptions, compute_metric
+from stages.common.dataset import ImageFolderDataset
+from stages.evaluate import detectors, formulas
+from stages.evaluate.detectors import DetectorNotFoundError, find_detector, load_detector
+from stages.evaluate.features import cached_dataset_features, generator_features
+from stages.evaluate.ppl import perceptual_path_length, ppl_distances
+from stages.evaluate.registry import OFFICIAL_METRICS, UnknownMetricError, parse_metric
+from stages.evaluate.runner import MetricOptions, compute_metric
 
 # --------------------------------------------------------------------------------------------------------
 # Stand-in detectors and fixtures (imported by test_evaluate too).
@@ -280,7 +280,7 @@ def test_detector_download_is_atomic_and_records_sha(tmp_path, detector_dir, mon
     def fake_download(url: str, fh: Any) -> None:  # the real helper does HTTP; never at test time
         fh.write(payload)
 
-    monkeypatch.setattr("models.loading._download_to", fake_download)
+    monkeypatch.setattr("models.serialization.loading._download_to", fake_download)
     monkeypatch.delenv(detectors.DETECTOR_DIR_ENV, raising=False)
     monkeypatch.delenv(detectors.OFFLINE_ENV, raising=False)
     path = find_detector("vgg16", cache_dir=tmp_path / "c", allow_download=True)

@@ -11,10 +11,10 @@ import json
 import pytest
 import torch
 
-from models.discriminator import Discriminator, MinibatchStdLayer
-from models.generator import Generator
 from models.layers import Conv2dLayer, FullyConnectedLayer, normalize_2nd_moment
-from models.synthesis import default_fused_modconv
+from models.stylegan2.discriminator import Discriminator, MinibatchStdLayer
+from models.stylegan2.generator import Generator
+from models.stylegan2.synthesis import default_fused_modconv
 
 ARCHS = ["orig", "skip", "resnet"]
 

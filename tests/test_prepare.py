@@ -18,10 +18,10 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from stages.config import ConfigError
-from stages.datasets import writer as writer_mod
-from stages.datasets.png import encode_png
-from stages.prepare import PrepareConfig, PrepareError, main, prepare_dataset
+from stages.common.config import ConfigError
+from stages.prepare import destination as writer_mod
+from stages.prepare.conversion import PrepareConfig, PrepareError, main, prepare_dataset
+from stages.prepare.png import encode_png
 
 LANCZOS = PIL.Image.Resampling.LANCZOS
 

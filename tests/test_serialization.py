@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import models.snapshot as snapshot_mod
+import models.serialization.snapshot as snapshot_mod
 from models import (
     Discriminator,
     Generator,
@@ -20,8 +20,8 @@ from models import (
     load_snapshot,
     save_snapshot,
 )
-from models.loading import NetworkDownloadError
-from models.snapshot import METADATA_KEY, read_header
+from models.serialization.loading import NetworkDownloadError
+from models.serialization.snapshot import METADATA_KEY, read_header
 
 
 def _tiny_g(c_dim: int, channel_max: int = 16) -> Generator:

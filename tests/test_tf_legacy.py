@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from models import Discriminator, Generator, UnsafePickleError, UnsupportedPickleError, load_network
-from models.tf_legacy import is_tf_pickle, load_tf_network
-from stages.generate import main
+from models.serialization.tf_pickle import is_tf_pickle, load_tf_network
+from stages.generate.cli import main
 
 RES = 16
 
@@ -62,7 +62,7 @@ def tiny_nets(c_dim: int) -> tuple[Generator, Discriminator]:
     return randomized(G, 1), randomized(D, 2)
 
 
-# Inverse of the official TF -> PyTorch mapping, written out independently of models.tf_legacy.
+# Inverse of the official TF -> PyTorch mapping, written out independently of models.serialization.tf_pickle.
 def _n(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy().astype(np.float32)
 

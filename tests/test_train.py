@@ -17,12 +17,12 @@ import PIL.Image
 import pytest
 import torch
 
-from stages.config import ConfigError
-from stages.train import main as cli_main
-from stages.training import checkpoint as ckpt
-from stages.training.config import TrainConfig
-from stages.training.loop import train
-from stages.training.setup import TrainingDiverged
+from stages.common.config import ConfigError
+from stages.train import checkpoint as ckpt
+from stages.train.cli import main as cli_main
+from stages.train.loop import train
+from stages.train.options import TrainConfig
+from stages.train.setup import TrainingDiverged
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP_KIMG = 0.004  # one batch of 4
@@ -300,8 +300,8 @@ def test_per_process_state_shares_keep_totals_for_any_process_count():
 
 
 def test_preset_batch_gpu_is_an_upper_bound_and_max_size_counts_images(data):
-    from stages.datasets.loader import ImageFolderDataset
-    from stages.training.config import resolve_options
+    from stages.common.dataset import ImageFolderDataset
+    from stages.train.options import resolve_options
 
     c = TrainConfig(data=str(data), cfg="stylegan2", mirror=True)
     ds = ImageFolderDataset(str(data), xflip=True)

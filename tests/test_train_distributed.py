@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.training import checkpoint as ckpt
-from stages.training.config import TrainConfig
-from stages.training.loop import train
+from stages.train import checkpoint as ckpt
+from stages.train.loop import train
+from stages.train.options import TrainConfig
 from tests.test_train import make_zip
 
 ROOT = Path(__file__).resolve().parents[1]

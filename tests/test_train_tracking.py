@@ -11,11 +11,11 @@ import warnings
 
 import pytest
 
-from stages.metrics.detectors import CACHE_ENV, DETECTOR_DIR_ENV, OFFLINE_ENV
-from stages.metrics.features import STATS_CACHE_ENV
-from stages.training.loop import train
-from stages.training.setup import TrainingDiverged
-from stages.training.tracking import EXPERIMENT, PARENT_RUN_ENV
+from stages.evaluate.detectors import CACHE_ENV, DETECTOR_DIR_ENV, OFFLINE_ENV
+from stages.evaluate.features import STATS_CACHE_ENV
+from stages.train.loop import train
+from stages.train.setup import TrainingDiverged
+from stages.train.tracking import EXPERIMENT, PARENT_RUN_ENV
 from tests.test_metrics import make_detector_dir
 from tests.test_train import cfg, make_zip
 
@@ -159,7 +159,7 @@ def test_metrics_on_snapshots_and_missing_detector_skipped_once(data, tmp_path, 
 
 
 def test_unknown_metric_fails_before_training(data, tmp_path):
-    from stages.config import ConfigError
+    from stages.common.config import ConfigError
 
     with pytest.raises(ConfigError, match="metrics: unknown metric 'fid50x'"):
         cfg(data, tmp_path / "run", steps=1, metrics=("fid50x",))

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from models import Discriminator, Generator
-from stages.datasets.loader import ImageFolderDataset
-from stages.training import checkpoint as ckpt
-from stages.training.config import TrainConfig, resolve_options
-from stages.training.loop import train
+from stages.common.dataset import ImageFolderDataset
+from stages.train import checkpoint as ckpt
+from stages.train.loop import train
+from stages.train.options import TrainConfig, resolve_options
 from tests.test_legacy_pickle import _randomize, _record, install_fake_nvidia
 from tests.test_train import cfg, make_zip
 

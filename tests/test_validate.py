@@ -11,7 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from stages.validate import ValidateConfig, ValidationFailed, main, validate_dataset
+from stages.validate.suite import ValidateConfig, ValidationFailed, main, validate_dataset
 
 
 def make_zip(path: Path, sizes: list[int], labels: list[int] | None, dup: bool = False) -> Path:

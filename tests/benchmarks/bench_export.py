@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from models import Generator
 from models.presets import network_kwargs, resolve_preset
-from stages.exporting.onnx_export import export_generator
-from stages.exporting.parity import make_inputs, ort_session
+from stages.export.onnx_export import export_generator
+from stages.export.parity import make_inputs, ort_session
 
 
 def _rate(fn: Callable[[], object], batch: int, min_time: float, warmup: int = 2) -> float:

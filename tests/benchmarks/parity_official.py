@@ -39,8 +39,8 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from models.discriminator import Discriminator  # noqa: E402
-from models.generator import Generator  # noqa: E402
+from models.stylegan2.discriminator import Discriminator  # noqa: E402
+from models.stylegan2.generator import Generator  # noqa: E402
 
 
 def official_cfg_kwargs(cfg: str, res: int, c_dim: int, img_channels: int) -> tuple[dict, dict]:

@@ -15,7 +15,7 @@ cutoff, second latent, synthesis noise, path-length noise), so the draws are ide
 
 Speed. The `cifar` spec at 32 px as a one-process run resolves it here (batch 64 in 2 rounds of 32,
 fp32 on CPU for both: the official fp16 layers would run emulated on a CPU). Ours runs
-`stages.training.loop.step` and its G_ema update. The official side runs the official loss, networks
+`stages.train.loop.step` and its G_ema update. The official side runs the official loss, networks
 and ops inside a transcription of the official loop body (phases with their intervals, requires_grad
 toggling, zero_grad, per-round accumulation, nan_to_num of the gradients, Adam, G_ema); its
 `training_loop()` itself cannot run on a CPU (it hard-codes a CUDA device). Blocks of iterations
@@ -49,10 +49,10 @@ from parity_official import copy_into_ours, import_official, perturb_  # noqa: E
 from models import Discriminator, Generator  # noqa: E402
 from models.loss import StyleGAN2Loss  # noqa: E402
 from models.training_rules import ema_beta  # noqa: E402
-from stages.datasets.loader import ImageFolderDataset  # noqa: E402
-from stages.training.config import TrainConfig, resolve_options  # noqa: E402
-from stages.training.loop import _update_ema, step  # noqa: E402
-from stages.training.setup import Progress, build_phases  # noqa: E402
+from stages.common.dataset import ImageFolderDataset  # noqa: E402
+from stages.train.loop import _update_ema, step  # noqa: E402
+from stages.train.options import TrainConfig, resolve_options  # noqa: E402
+from stages.train.setup import Progress, build_phases  # noqa: E402
 from tests.test_train import make_zip  # noqa: E402
 
 PHASES = [("Gmain", 1), ("Greg", 4), ("Dmain", 1), ("Dreg", 16)]

@@ -1,0 +1,156 @@
+"""`load_network`: one entry point for this project's snapshots, official pickles and URLs.
+
+The format is decided by the file's first bytes, not its extension: a network pickle starts with the
+PROTO opcode (0x80); a safetensors file starts with an 8-byte little-endian header length followed by
+`{`. URLs (http, https, file) are fetched once into a cache directory and read from there afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import struct
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.serialization.fileio import atomic_open
+from models.serialization.official_pickle import load_official_pickle
+from models.serialization.snapshot import SnapshotError, load_snapshot
+
+CACHE_ENV = "SG2_CACHE_DIR"
+DEFAULT_CACHE_DIR = Path("~/.cache/sg2ada-mlops/networks")
+RESULT_KEYS = ("G", "D", "G_ema", "augment_pipe", "training_set_kwargs")
+
+
+class NetworkDownloadError(OSError):
+    """A network URL could not be fetched (offline, HTTP error); says which URL and where to put the file."""
+
+
+def get_cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """The download cache: `override`, else $SG2_CACHE_DIR, else ~/.cache/sg2ada-mlops/networks."""
+    raw = override if override is not None else os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR
+    return Path(raw).expanduser()
+
+
+def _is_url(s: str) -> bool:
+    return re.match(r"^(https?|file)://", s, flags=re.IGNORECASE) is not None
+
+
+def _cache_path(url: str, directory: Path) -> Path:
+    # Keyed by a hash of the full URL (two URLs ending in the same name must not collide); the readable
+    # tail only helps a human browsing the cache.
+    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:32]
+    tail = re.sub(r"[^A-Za-z0-9._-]", "_", Path(urllib.parse.urlparse(url).path).name)[-80:] or "network"
+    return directory / f"{digest}_{tail}"
+
+
+def _download_to(url: str, fh: Any) -> None:
+    """Stream `url` into the open file `fh` with a progress bar."""
+    import requests
+    from tqdm import tqdm
+
+    try:
+        with requests.get(url, stream=True, timeout=(10, 60)) as resp:
+            resp.raise_for_status()
+            total = int(resp.headers.get("content-length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {Path(url).name}", leave=False) as bar:
+                for chunk in resp.iter_content(chunk_size=1 << 20):
+                    fh.write(chunk)
+                    bar.update(len(chunk))
+    except requests.HTTPError as exc:
+        raise NetworkDownloadError(f"cannot download {url}: HTTP {exc.response.status_code}") from exc
+    except requests.RequestException as exc:
+        raise NetworkDownloadError(
+            f"cannot download {url} ({type(exc).__name__}); are you offline? Download the file by other means "
+            f"and pass its local path, or place it in the cache (${CACHE_ENV})"
+        ) from exc
+
+
+def fetch_url(url: str, cache: str | os.PathLike | None = None) -> Path:
+    """Local path of `url`, downloading it into the cache on first use only (atomic: temp file + rename)."""
+    directory = get_cache_dir(cache)
+    target = _cache_path(url, directory)
+    if target.is_file():
+        return target
+    with atomic_open(target, "wb") as fh:
+        if url.lower().startswith("file://"):
+            src = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+            if not src.is_file():
+                raise FileNotFoundError(f"no such file: {src} (from {url})")
+            with open(src, "rb") as sf:
+                shutil.copyfileobj(sf, fh, length=1 << 20)
+        else:
+            _download_to(url, fh)
+    return target
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """'pickle' or 'safetensors', from the first bytes of the file."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if head[:1] == b"\x80":
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] > 1:
+        return "safetensors"
+    if head[:2] == b"PK":
+        raise SnapshotError(f"{path}: a zip archive (torch.save checkpoint?), not a network snapshot or pickle")
+    raise SnapshotError(f"{path}: neither a network pickle nor a safetensors snapshot")
+
+
+_SNAPSHOT_NAME = re.compile(r"^network-snapshot-(\d+)\.(safetensors|pkl)$")
+
+
+def resolve_network_path(path_or_url: str | os.PathLike) -> str:
+    """A training run folder means its newest `network-snapshot-<kimg>.*`; files and URLs pass through."""
+    source = os.fspath(path_or_url)
+    folder = Path(source)
+    if _is_url(source) or not folder.is_dir():
+        return source
+    snaps = sorted((int(m[1]), f.name) for f in folder.iterdir() if (m := _SNAPSHOT_NAME.match(f.name)))
+    if not snaps:
+        raise FileNotFoundError(f"no network-snapshot-*.safetensors|pkl in run folder {folder}")
+    return str(folder / snaps[-1][1])
+
+
+def load_network(path_or_url: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Load networks as a dict with keys among 'G', 'D', 'G_ema', 'augment_pipe', 'training_set_kwargs'.
+
+    Accepts this project's `.safetensors` snapshots, official StyleGAN2-ADA network pickles and
+    TensorFlow StyleGAN2(-ADA) pickles (both imported without executing any code they carry) and
+    http(s)/file URLs (downloaded once to the cache dir). A training run folder stands for its newest
+    `network-snapshot-*`. Modules are on CPU, in eval mode, with gradients disabled.
+    """
+    source = resolve_network_path(path_or_url)
+    path = fetch_url(source, cache_dir) if _is_url(source) else Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"network file not found: {path}")
+    if detect_format(path) == "pickle":
+        from models.serialization.tf_pickle import (  # TF-era pickles: rarer, imported lazily
+            is_tf_pickle,
+            load_tf_network,
+        )
+
+        data = load_tf_network(path) if is_tf_pickle(path) else load_official_pickle(path)
+    else:
+        data = load_snapshot(path)
+    result = {k: data[k] for k in RESULT_KEYS if k in data}
+    for value in result.values():
+        if isinstance(value, torch.nn.Module):
+            value.cpu().eval().requires_grad_(False)
+    return result
+
+
+def load_generator(path_or_url: str | os.PathLike, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The generator to render with: `G_ema` of a snapshot, pickle, URL or run folder (else `G`), on
+    `device`, in eval mode, without gradients. What the official scripts render, in one call."""
+    nets = load_network(path_or_url)
+    G = nets.get("G_ema") if nets.get("G_ema") is not None else nets.get("G")
+    if not isinstance(G, torch.nn.Module):
+        raise SnapshotError(f"{path_or_url}: holds no generator (G_ema or G)")
+    return G.to(device).eval().requires_grad_(False)

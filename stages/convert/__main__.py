@@ -1,0 +1,3 @@
+from stages.convert.cli import main
+
+raise SystemExit(main())

@@ -1,1 +1,0 @@
-"""Dataset sources, per-image conversion, atomic writers and the training-time loader."""

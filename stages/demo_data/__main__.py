@@ -1,0 +1,3 @@
+from stages.demo_data.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,13 @@
+"""evaluate: GAN metrics with the official StyleGAN2-ADA names and meaning (FID, KID, precision/recall,
+IS, PPL).
+
+    from stages.evaluate.runner import compute_metrics, MetricOptions
+    out = compute_metrics("runs/demo/network-snapshot-000020.safetensors", ["fid50k_full"],
+                          options=MetricOptions(detector_dir="/models/detectors"))
+    out["records"]["fid50k_full"]["results"]   # {'fid50k_full': 12.3}
+
+Modules: `registry` (names -> MetricSpec), `formulas` (pure math), `detectors` (Inception/VGG16 TorchScript
+files: lookup, download, checksum), `features` (real/generated feature passes, statistics cache), `ppl`,
+`distributed` (process split and gather), `runner` (compute, report), `config` (the `evaluate:` params),
+`cli` (the command).
+"""

@@ -1,0 +1,3 @@
+from stages.evaluate.cli import main
+
+raise SystemExit(main())

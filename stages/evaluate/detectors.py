@@ -1,0 +1,195 @@
+"""Pretrained feature detectors (TorchScript) for the metrics and the projector: find, fetch, verify, load.
+
+    load_detector("inception")                    # Inception-v3 (2015-12-05): FID, KID, IS
+    load_detector("vgg16", detector_dir="/models") # VGG16: precision/recall features, LPIPS for PPL/projection
+
+A detector is looked up, in this order, in: the `detector_dir` argument (CLI `--detector-dir`, params
+`evaluate.detector_dir`), `$SG2_DETECTOR_DIR`, then the download cache (`$SG2_CACHE_DIR`, default
+`~/.cache/sg2ada-mlops/detectors`). Only when all miss is the official NVIDIA URL downloaded into the cache
+(temp file + rename, so a killed download never leaves a truncated detector). `SG2_OFFLINE=1` forbids the
+download: the error then names the file, the URL and the settings that provide a local copy, on one line.
+
+Integrity: NVIDIA does not publish checksums for these files and none is hard-coded here (a made-up one
+would be worse than none). Instead the sha256 of the first download is written to a `<file>.sha256`
+sidecar and every later load checks it, which catches truncation and bit rot. A sidecar next to a file in
+a user's detector dir is honoured the same way; without one the file is trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DETECTOR_DIR_ENV = "SG2_DETECTOR_DIR"
+CACHE_ENV = "SG2_CACHE_DIR"
+OFFLINE_ENV = "SG2_OFFLINE"
+DEFAULT_CACHE_DIR = Path("~/.cache/sg2ada-mlops/detectors")
+_NVIDIA = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics"
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    filename: str
+    url: str
+    sha256: str | None = None   # official checksum when one is known; None = trust-on-first-download sidecar
+
+
+DETECTORS: dict[str, DetectorSpec] = {
+    # TorchScript translation of the TF Inception graph of 2015-12-05 (FID/KID/IS as in the papers).
+    "inception": DetectorSpec("inception-2015-12-05.pt", f"{_NVIDIA}/inception-2015-12-05.pt"),
+    # VGG16 with LPIPS heads: `return_features` for precision/recall, `return_lpips` for PPL.
+    "vgg16": DetectorSpec("vgg16.pt", f"{_NVIDIA}/vgg16.pt"),
+}
+
+
+class DetectorNotFoundError(FileNotFoundError):
+    """A detector file is absent and could not be fetched; the message is one actionable line."""
+
+    def __init__(self, name: str, filename: str, url: str | None, searched: list[Path], reason: str) -> None:
+        # Not `filename`: OSError would then format its own message from errno/filename.
+        self.detector, self.detector_file, self.url = name, filename, url
+        where = ", ".join(str(p) for p in searched) or "nowhere"
+        src = f"download {url} failed ({reason})" if url else reason
+        super().__init__(
+            f"detector '{filename}' not found (searched: {where}); {src}; put '{filename}' in a folder and pass "
+            f"--detector-dir DIR (params evaluate.detector_dir, env {DETECTOR_DIR_ENV}) or allow the download "
+            f"into ${CACHE_ENV}"
+        )
+
+
+class DetectorChecksumError(OSError):
+    """A detector file does not match its recorded sha256 (truncated or replaced)."""
+
+
+def get_cache_dir(override: str | os.PathLike | None = None) -> Path:
+    raw = override if override is not None else os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR
+    return Path(raw).expanduser()
+
+
+def _spec(name: str, url: str | None) -> DetectorSpec:
+    """Accept the short name ('inception'), the file name or a stem; an unknown name needs a URL."""
+    for key, spec in DETECTORS.items():
+        if name in (key, spec.filename, Path(spec.filename).stem):
+            return DetectorSpec(spec.filename, url or spec.url, spec.sha256 if url in (None, spec.url) else None)
+    if url is None:
+        raise KeyError(f"unknown detector {name!r}; known: {sorted(DETECTORS)} (or pass url=)")
+    return DetectorSpec(Path(name).name if Path(name).suffix else f"{name}.pt", url)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verify(path: Path, expected: str | None) -> None:
+    sidecar = path.with_name(path.name + ".sha256")
+    if expected is None and sidecar.is_file():
+        expected = sidecar.read_text().split()[0]
+    if expected is not None and (actual := file_sha256(path)) != expected:
+        raise DetectorChecksumError(f"{path}: sha256 {actual} != expected {expected}; delete the file to re-fetch it")
+
+
+def _download(url: str, target: Path) -> None:
+    """Fetch `url` to `target` atomically (temp file in the same folder, fsync, rename) and record its sha256."""
+    from models.serialization.loading import (
+        _download_to,  # the project's one HTTP download helper (progress bar, errors)
+    )
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            _download_to(url, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        digest = file_sha256(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    target.with_name(target.name + ".sha256").write_text(f"{digest}  {target.name}\n")
+
+
+def find_detector(
+    name: str,
+    detector_dir: str | os.PathLike | None = None,   # a folder holding the .pt files (wins over the cache)
+    url: str | None = None,                           # override the official URL
+    cache_dir: str | os.PathLike | None = None,       # download cache (default $SG2_CACHE_DIR or ~/.cache/...)
+    allow_download: bool | None = None,               # None = unless $SG2_OFFLINE is set
+) -> Path:
+    """Local path of detector `name`, downloading it once if allowed; raises DetectorNotFoundError."""
+    spec = _spec(name, url)
+    dirs = [Path(d).expanduser() for d in (detector_dir, os.environ.get(DETECTOR_DIR_ENV)) if d]
+    cache = get_cache_dir(cache_dir)
+    searched = [*dirs, cache]
+    for d in searched:
+        if (d / spec.filename).is_file():
+            path = d / spec.filename
+            _verify(path, spec.sha256)
+            return path
+    if allow_download is None:
+        allow_download = os.environ.get(OFFLINE_ENV, "").lower() not in ("1", "true", "yes", "on")
+    if not allow_download:
+        raise DetectorNotFoundError(name, spec.filename, spec.url, searched, f"download disabled (${OFFLINE_ENV})")
+    try:
+        _download(spec.url, cache / spec.filename)
+    except OSError as exc:  # offline, HTTP error, read-only cache: all end in the same actionable message
+        raise DetectorNotFoundError(name, spec.filename, spec.url, searched, f"{type(exc).__name__}: {exc}") from exc
+    _verify(cache / spec.filename, spec.sha256)
+    return cache / spec.filename
+
+
+_loaded: dict[tuple[str, str], torch.jit.ScriptModule] = {}
+
+
+def load_detector(
+    name: str,
+    detector_dir: str | os.PathLike | None = None,
+    url: str | None = None,
+    device: torch.device | str = "cpu",
+    **find_kwargs: object,
+) -> torch.jit.ScriptModule:
+    """The TorchScript detector `name` ('inception' | 'vgg16' | a file name) in eval mode on `device`.
+
+    Loaded with `torch.jit.load(map_location='cpu')` and memoized per (file, device), so the metrics of
+    one evaluation share one copy. Call signatures (official detectors and the tests' stand-ins alike):
+      inception(img_uint8_NCHW, return_features=True) -> [N, 2048] pool features
+      inception(img_uint8_NCHW, no_output_bias=True)  -> [N, 1008] class probabilities
+      vgg16(img_uint8_NCHW, return_features=True)     -> [N, 4096] fc features
+      vgg16(img_0_255_float, resize_images=False, return_lpips=True) -> [N, D] normalized LPIPS features
+    """
+    path = find_detector(name, detector_dir=detector_dir, url=url, **find_kwargs)  # type: ignore[arg-type]
+    return load_detector_file(path, device)
+
+
+def load_detector_file(path: str | os.PathLike, device: torch.device | str = "cpu") -> torch.jit.ScriptModule:
+    """`torch.jit.load` of a detector file already found (no lookup, no checksum), memoized."""
+    path = Path(path)
+    key = (str(path.resolve()), str(torch.device(device)))
+    if key not in _loaded:
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+        _loaded[key] = module.to(device)
+    return _loaded[key]
+
+
+def detector_identity(path_or_module_path: Path) -> str:
+    """A short content id of a detector file for cache keys: a stand-in and the real detector never collide."""
+    st = path_or_module_path.stat()
+    key = (str(path_or_module_path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _identity:
+        _identity[key] = file_sha256(path_or_module_path)[:16]
+    return _identity[key]
+
+
+_identity: dict[tuple[str, int, int], str] = {}

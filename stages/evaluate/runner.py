@@ -1,0 +1,241 @@
+"""`compute_metrics`: load a network (or take a G), build the reference dataset, compute metrics, report them.
+
+The training loop calls it on snapshots; `python -m stages.evaluate` is a thin CLI over it. Results follow the
+official `calc_metric` record: {'results', 'metric', 'total_time', 'total_time_str', 'num_gpus'}, and
+`report_metric` appends it to `<run_dir>/metric-<name>.jsonl` with 'snapshot_pkl' and 'timestamp'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stages.evaluate import formulas
+from stages.evaluate.detectors import DetectorNotFoundError, detector_identity, find_detector, load_detector_file
+from stages.evaluate.distributed import ProcessGroup, SingleProcess, is_main
+from stages.evaluate.features import (
+    FeatureStats,
+    cached_dataset_features,
+    generator_features,
+    get_stats_cache_dir,
+)
+from stages.evaluate.ppl import ppl_distances
+from stages.evaluate.registry import MetricSpec, parse_metrics
+
+# Detector calls of the official metrics.
+FEATURES = dict(return_features=True)     # Inception pool3 (2048) / VGG16 fc (4096) features
+IS_PROBS = dict(no_output_bias=True)      # softmax without the output bias, as the original TF code
+
+
+@dataclass
+class MetricOptions:
+    """Everything but the network and the dataset; defaults = `evaluate:` params defaults."""
+
+    detector_dir: str | os.PathLike | None = None
+    cache_dir: str | os.PathLike | None = None        # real-statistics cache; None = $SG2_METRICS_CACHE_DIR or ~/.cache
+    use_cache: bool = True
+    batch_size: int = 64                               # images per detector call
+    ppl_batch_size: int = 8                            # path samples per PPL batch (official: 2 per GPU)
+    pr_row_batch_size: int = 10000                     # precision/recall distance blocks (memory: rows x cols x 4 B)
+    pr_col_batch_size: int = 10000
+    seed: int = 0
+    workers: int = 0                                   # DataLoader workers for the real images
+    G_kwargs: dict[str, Any] = field(default_factory=lambda: dict(noise_mode="random"))  # official G default
+    device: torch.device | str = "cpu"
+    group: ProcessGroup = field(default_factory=SingleProcess)
+    progress: bool = True
+    allow_download: bool | None = None                 # None = unless $SG2_OFFLINE
+
+
+def format_time(seconds: float) -> str:
+    """Official `dnnlib.util.format_time` layout: '12s', '3m 04s', '2h 05m 09s', '1d 02h 03m'."""
+    s = int(np.rint(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {(s // 60) % 60:02d}m {s % 60:02d}s"
+    return f"{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m"
+
+
+def make_dataset(dataset_kwargs: dict[str, Any], spec: MetricSpec) -> Any:
+    """The metric's view of the dataset: never subsampled by max_size; `_full` metrics also drop x-flips."""
+    from stages.common.dataset import ImageFolderDataset
+
+    kw = {k: v for k, v in dataset_kwargs.items() if k in ("path", "resolution", "use_labels", "xflip", "random_seed")}
+    kw["max_size"] = None
+    if spec.full:
+        kw["xflip"] = False
+    return ImageFolderDataset(**kw)
+
+
+def _all_labels(dataset: Any, c_dim: int) -> np.ndarray | None:
+    """[N, c_dim] label vectors of the dataset to draw generator conditions from (official: uniform over items)."""
+    if c_dim == 0:
+        return None
+    labels = np.stack([dataset.get_label(i) for i in range(len(dataset))]).astype(np.float32)
+    if labels.shape[1] != c_dim:
+        raise ValueError(f"generator c_dim {c_dim} != dataset label dim {labels.shape[1]} (use_labels?)")
+    return labels
+
+
+def _detector(name: str, opts: MetricOptions) -> tuple[Any, str]:
+    path = find_detector(name, detector_dir=opts.detector_dir, allow_download=opts.allow_download)
+    return load_detector_file(path, opts.device), detector_identity(path)
+
+
+def _real_stats(spec: MetricSpec, dataset: Any, det: Any, det_id: str, kwargs: dict, capture: str,
+                opts: MetricOptions) -> FeatureStats:
+    cache = get_stats_cache_dir(opts.cache_dir) if opts.use_cache else None
+    return cached_dataset_features(dataset, det, det_id, kwargs, capture, spec.max_real, cache,  # type: ignore[arg-type]
+                                   group=opts.group, batch_size=opts.batch_size, device=opts.device,
+                                   workers=opts.workers, progress=opts.progress)
+
+
+def _gen_stats(spec: MetricSpec, G: Any, labels: np.ndarray | None, det: Any, kwargs: dict, capture: str,
+               opts: MetricOptions) -> FeatureStats:
+    return generator_features(G, labels, spec.num_gen, det, kwargs, capture, batch_size=opts.batch_size,  # type: ignore[arg-type]
+                              seed=opts.seed, G_kwargs=opts.G_kwargs, group=opts.group, device=opts.device,
+                              progress=opts.progress)
+
+
+def compute_metric(spec: MetricSpec, G: Any, dataset_kwargs: dict[str, Any], opts: MetricOptions) -> dict[str, Any]:
+    """One metric -> the official result record. Every process must call it (collectives inside)."""
+    start = time.time()
+    dataset = make_dataset(dataset_kwargs, spec)
+    labels = _all_labels(dataset, G.c_dim)
+    det, det_id = _detector(spec.detector, opts)
+    main = is_main(opts.group)
+    results: dict[str, float] | None = None
+    # Feature passes run on every process (collectives inside); the reductions run on the main process
+    # only and their result is shared, as the official code does (saves e.g. N-fold 2048x2048 sqrtm).
+    if spec.kind == "fid":
+        real = _real_stats(spec, dataset, det, det_id, FEATURES, "meancov", opts)
+        gen = _gen_stats(spec, G, labels, det, FEATURES, "meancov", opts)
+        if main:
+            results = {spec.name: formulas.frechet_distance(gen.mean, gen.cov, real.mean, real.cov)}
+    elif spec.kind == "kid":
+        real = _real_stats(spec, dataset, det, det_id, FEATURES, "all", opts)
+        gen = _gen_stats(spec, G, labels, det, FEATURES, "all", opts)
+        if main:
+            results = {spec.name: formulas.kernel_inception_distance(
+                real.features, gen.features, spec.num_subsets, spec.max_subset_size, seed=opts.seed)}
+    elif spec.kind == "pr":
+        real = _real_stats(spec, dataset, det, det_id, FEATURES, "all", opts)
+        gen = _gen_stats(spec, G, labels, det, FEATURES, "all", opts)
+        if main:
+            # Official stores the features as float16; distances here are float32 on the same rounded values.
+            r = torch.from_numpy(real.features).half().float().to(opts.device)
+            g = torch.from_numpy(gen.features).half().float().to(opts.device)
+            p, rc = formulas.precision_recall(r, g, spec.nhood_size, opts.pr_row_batch_size, opts.pr_col_batch_size)
+            results = {f"{spec.name}_precision": p, f"{spec.name}_recall": rc}
+    elif spec.kind == "is":
+        gen = _gen_stats(spec, G, labels, det, IS_PROBS, "all", opts)
+        if main:
+            mean, std = formulas.inception_score(formulas.as_probabilities(gen.features), spec.num_splits)
+            results = {f"{spec.name}_mean": mean, f"{spec.name}_std": std}
+    else:
+        dist = ppl_distances(G, det, labels, spec.num_gen, space=spec.space, sampling=spec.sampling, crop=spec.crop,
+                             epsilon=spec.epsilon, batch_size=opts.ppl_batch_size, seed=opts.seed, group=opts.group,
+                             device=opts.device, progress=opts.progress)
+        if main:
+            results = {spec.name: formulas.ppl_from_distances(dist)}
+    results = opts.group.all_gather(results)[0]
+    total = time.time() - start
+    return dict(results=results, metric=spec.name, total_time=total, total_time_str=format_time(total),
+                num_gpus=opts.group.num_processes)
+
+
+def compute_metrics(
+    network_pkl_or_G: str | os.PathLike | torch.nn.Module,
+    metrics: list[str] | str,
+    dataset_kwargs: dict[str, Any] | None = None,  # ImageFolderDataset kwargs; None = the snapshot's own
+    options: MetricOptions | None = None,
+    skip_missing_detectors: bool = False,           # True: a metric whose detector is absent is reported, not raised
+    on_result: Any = None,                          # callback(record) after each metric (e.g. report_metric)
+) -> dict[str, Any]:
+    """Compute `metrics` for a generator -> {'records': {name: record}, 'skipped': {name: reason}}.
+
+    A path or URL is read with `models.load_network` and its G_ema evaluated. Dataset options are completed as
+    the official calc_metrics does: resolution = G.img_resolution, use_labels = (G.c_dim > 0).
+    """
+    opts = options or MetricOptions()
+    specs = parse_metrics(metrics)
+    if isinstance(network_pkl_or_G, torch.nn.Module):
+        G = network_pkl_or_G
+    else:
+        from models import load_network
+
+        net = load_network(network_pkl_or_G)
+        G = net["G_ema"] if net.get("G_ema") is not None else net["G"]
+        if dataset_kwargs is None:
+            dataset_kwargs = net.get("training_set_kwargs")
+    if not dataset_kwargs:
+        raise ValueError("dataset options unknown: pass dataset_kwargs (CLI: --data)")
+    dataset_kwargs = dict(dataset_kwargs, resolution=G.img_resolution, use_labels=G.c_dim != 0)
+    G = G.eval().requires_grad_(False).to(opts.device)
+    records: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for spec in specs:
+        if spec.uses_reals or spec.kind in ("is", "ppl"):
+            try:
+                find_detector(spec.detector, detector_dir=opts.detector_dir, allow_download=opts.allow_download)
+            except DetectorNotFoundError as exc:
+                if not skip_missing_detectors:
+                    raise
+                skipped[spec.name] = str(exc)
+                continue
+        records[spec.name] = compute_metric(spec, G, dataset_kwargs, opts)
+        if on_result is not None and is_main(opts.group):
+            on_result(records[spec.name])
+    return dict(records=records, skipped=skipped)
+
+
+def flat_results(records: dict[str, Any]) -> dict[str, float]:
+    """{'fid50k_full': 12.3, 'pr50k3_full_precision': 0.7, ...} over all records."""
+    out: dict[str, float] = {}
+    for rec in records.values():
+        out.update({k: float(v) for k, v in rec["results"].items()})
+    return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def report_metric(record: dict[str, Any], run_dir: str | os.PathLike | None = None,
+                  snapshot_pkl: str | os.PathLike | None = None) -> str:
+    """Append the official jsonl line to `<run_dir>/metric-<name>.jsonl` (when run_dir exists); returns the line."""
+    if run_dir is not None and snapshot_pkl is not None and not str(snapshot_pkl).startswith(("http:", "https:")):
+        snapshot_pkl = os.path.relpath(snapshot_pkl, run_dir)
+    line = json.dumps(dict(record, snapshot_pkl=None if snapshot_pkl is None else str(snapshot_pkl),
+                           timestamp=time.time()))
+    if run_dir is not None and os.path.isdir(run_dir):
+        # One write() of a short line in append mode: concurrent writers do not interleave within it.
+        with open(os.path.join(run_dir, f"metric-{record['metric']}.jsonl"), "a") as fh:
+            fh.write(line + "\n")
+    return line
+
+
+def write_metrics_json(path: str | os.PathLike, results: dict[str, float]) -> None:
+    """The flat results as DVC metrics, atomically."""
+    _write_atomic(Path(path), json.dumps(results, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,3 @@
+from stages.export.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""`export:` section of params.yaml as a frozen dataclass (defaults = the proposed params section)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from stages.common.config import ConfigError
+
+TRITON_KINDS = ("KIND_GPU", "KIND_CPU")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    network: str = ""                         # snapshot / official pickle / URL holding G_ema
+    outdir: str = "exports"                   # all artifacts go here (written atomically)
+    opset: int = 18                           # ONNX opset (>= 17; the dynamo exporter emits 18)
+    truncation_cutoff: int | None = None      # psi applies to the first N ws only; None = all (official)
+    fp16: bool = False                        # also write *_fp16.onnx (float16 inside, float32 IO)
+    simplify: bool = False                    # onnxslim where installed and it removes nodes; parity re-run
+    batch_min: int = 1                        # TensorRT profile / Triton batching range
+    batch_opt: int = 8
+    batch_max: int = 32
+    engine: bool = False                      # build a TensorRT engine here (needs tensorrt + CUDA GPU)
+    engine_fp16: bool = True                  # TensorRT FP16 kernels (trtexec --fp16)
+    workspace_mb: int = 4096                  # TensorRT workspace memory pool
+    parity_batches: tuple[int, ...] = (1, 3, 8)
+    parity_psi: tuple[float, ...] = (1.0, 0.7, 0.5)
+    parity_tol: float = 1e-3                  # fp32 max abs error gate (image units, [-1, 1])
+    triton_name: str = "stylegan2_generator"  # model name in the Triton repository
+    triton_instance_kind: str = "KIND_GPU"    # KIND_GPU | KIND_CPU (a plan is always KIND_GPU)
+    triton_max_queue_delay_us: int = 100      # dynamic batching: wait at most this for a fuller batch
+    mlflow: bool = False                      # log + register the serving graph
+    registered_model: str = "stylegan2-generator"
+    alias: str = "champion"
+
+    def __post_init__(self) -> None:
+        if not self.network:
+            raise ConfigError("export.network is required (a snapshot, official pickle or URL)")
+        if self.opset < 17:
+            raise ConfigError("export.opset must be >= 17")
+        if not 1 <= self.batch_min <= self.batch_opt <= self.batch_max:
+            raise ConfigError("export: need 1 <= batch_min <= batch_opt <= batch_max")
+        if self.truncation_cutoff is not None and self.truncation_cutoff < 0:
+            raise ConfigError("export.truncation_cutoff must be >= 0 or null")
+        if not self.parity_batches or min(self.parity_batches) < 1:
+            raise ConfigError("export.parity_batches must be positive batch sizes")
+        if not self.parity_psi:
+            raise ConfigError("export.parity_psi must not be empty")
+        if self.parity_tol <= 0:
+            raise ConfigError("export.parity_tol must be > 0")
+        if self.workspace_mb < 1:
+            raise ConfigError("export.workspace_mb must be >= 1")
+        if self.triton_instance_kind not in TRITON_KINDS:
+            raise ConfigError(f"export.triton_instance_kind must be one of {TRITON_KINDS}")
+        if self.triton_max_queue_delay_us < 0:
+            raise ConfigError("export.triton_max_queue_delay_us must be >= 0")
+        if not self.triton_name or "/" in self.triton_name:
+            raise ConfigError("export.triton_name must be a non-empty name without '/'")
+        if not self.registered_model or not self.alias:
+            raise ConfigError("export.registered_model and export.alias must be non-empty")

@@ -1,0 +1,178 @@
+"""The export stage as one function: network -> ONNX graphs, parity, TensorRT script/engine, Triton repo.
+
+Outputs in `config.outdir` (each written atomically):
+    generator.onnx, generator_uint8.onnx, synthesis.onnx   (+ *_fp16.onnx with fp16)
+    parity.json             onnxruntime vs PyTorch figures (DVC metric)
+    build_engine.sh         trtexec commands for the target GPU
+    generator.plan          only with engine=True (TensorRT + CUDA GPU)
+    model_repository/       Triton: <triton_name>/config.pbtxt, <triton_name>/1/model.{onnx,plan}
+    export_summary.json     what was written, IO of every graph, hashes, parity verdict
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from stages.export import onnx_export as ox
+from stages.export.config import ExportConfig
+from stages.export.fileio import write_json_atomic, write_text_atomic
+from stages.export.parity import check_parity, make_inputs, parity_metrics, reference_images
+from stages.export.tensorrt_build import (
+    BatchProfile,
+    build_script,
+    profile_shapes,
+    trtexec_command,
+)
+from stages.export.triton import TritonModelConfig, write_model_repository
+
+log = logging.getLogger("stages.export")
+
+
+class ParityError(RuntimeError):
+    """An fp32 graph differs from PyTorch by more than the tolerance (figures in parity.json)."""
+
+
+def load_generator(network: str | os.PathLike) -> torch.nn.Module:
+    from models import load_network
+
+    nets = load_network(str(network))
+    G = nets.get("G_ema") or nets.get("G")
+    if G is None:
+        raise ValueError(f"{network}: holds no generator (G_ema or G)")
+    return G.eval().requires_grad_(False).to("cpu")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export_all(config: ExportConfig, G: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Run the whole stage; `G` overrides loading `config.network` (tests, notebooks)."""
+    G = load_generator(config.network) if G is None else G.eval().requires_grad_(False)
+    out = Path(config.outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    cutoff = config.truncation_cutoff
+
+    log.info("exporting generator (%d px, c_dim=%d) to ONNX opset %d", G.img_resolution, G.c_dim, config.opset)
+    graphs: dict[str, onnx.ModelProto] = {
+        "generator": ox.export_generator(G, truncation_cutoff=cutoff, opset=config.opset),
+        "synthesis": ox.export_synthesis(G, opset=config.opset),
+    }
+    simplify_info: dict[str, Any] = {}
+    if config.simplify:
+        for name in list(graphs):
+            graphs[name], simplify_info[name] = ox.simplify(graphs[name])
+    graphs["generator_uint8"] = ox.add_uint8_output(graphs["generator"])
+    if config.fp16:
+        for name in ("generator", "synthesis"):
+            graphs[f"{name}_fp16"] = ox.convert_fp16(graphs[name])
+        graphs["generator_uint8_fp16"] = ox.add_uint8_output(graphs["generator_fp16"])
+
+    files: dict[str, Path] = {}
+    for name, model in graphs.items():
+        files[name] = ox.save_model(model, out / f"{name}.onnx")
+
+    # Parity runs on the graphs as written (after slimming / conversion), from the saved files.
+    report = check_parity(G, {n: str(p) for n, p in files.items()}, batches=config.parity_batches,
+                          psi_values=config.parity_psi, truncation_cutoff=cutoff, tolerance=config.parity_tol)
+    write_json_atomic(out / "parity.json", report)
+    if not report["passed"]:
+        bad = [n for n, v in report["variants"].items() if not v["passed"]]
+        raise ParityError(f"parity failed for {', '.join(bad)}; see {out / 'parity.json'}")
+
+    io = {name: ox.describe_io(model) for name, model in graphs.items()}
+    profile = BatchProfile(config.batch_min, config.batch_opt, config.batch_max)
+    commands = []
+    for name in ("generator", "synthesis"):
+        shapes = profile_shapes(io[name]["inputs"], profile)
+        commands.append(trtexec_command(f"{name}.onnx", f"{name}.plan", shapes, fp16=config.engine_fp16,
+                                        workspace_mb=config.workspace_mb, timing_cache="timing.cache",
+                                        trtexec="$TRTEXEC"))
+    write_text_atomic(out / "build_engine.sh", build_script(commands), mode=0o755)
+
+    engine_info: dict[str, Any] | None = None
+    if config.engine:
+        engine_info = build_and_check_engine(G, config, out, io["generator"]["inputs"], profile)
+
+    # Serving: the uint8 graph (images leave the server ready to encode) or, with an engine, the plan.
+    if engine_info is not None:
+        serve_file, platform, serve_io, kind = out / "generator.plan", "tensorrt_plan", io["generator"], "KIND_GPU"
+    else:
+        use16 = config.fp16 and config.triton_instance_kind == "KIND_GPU"
+        serve_name = "generator_uint8_fp16" if use16 else "generator_uint8"
+        serve_file, platform, serve_io = files[serve_name], "onnxruntime_onnx", io[serve_name]
+        kind = config.triton_instance_kind
+    triton_cfg = TritonModelConfig(
+        name=config.triton_name, platform=platform, max_batch_size=config.batch_max,
+        inputs=serve_io["inputs"], outputs=serve_io["outputs"],
+        preferred_batch_sizes=sorted({config.batch_opt, config.batch_max}),
+        max_queue_delay_us=config.triton_max_queue_delay_us, instance_kind=kind,
+    )
+    triton_paths = write_model_repository(out / "model_repository", triton_cfg, serve_file)
+
+    summary: dict[str, Any] = {
+        "network": str(config.network),
+        "generator": {k: int(getattr(G, k)) for k in ("z_dim", "c_dim", "w_dim", "num_ws", "img_resolution",
+                                                        "img_channels")},
+        "opset": config.opset,
+        "truncation_psi": "input [B, 1] float32; 1 = no truncation; mixed values per batch allowed",
+        "noise": "const (baked)",
+        "graphs": {
+            name: {"path": str(files[name]), "sha256": _sha256(files[name]), "bytes": files[name].stat().st_size,
+                   "nodes": len(graphs[name].graph.node), "opset": ox.opset_of(graphs[name]), **io[name]}
+            for name in graphs
+        },
+        "simplify": simplify_info,
+        "parity": {"passed": report["passed"], **parity_metrics(report)},
+        "tensorrt": {"script": str(out / "build_engine.sh"), "commands": commands,
+                     "profile": dataclasses.asdict(profile), "engine": engine_info},
+        "triton": {"repository": str(out / "model_repository"), "config": str(triton_paths["config"]),
+                   "model": str(triton_paths["model"]), "platform": platform},
+        "config": dataclasses.asdict(config),
+    }
+    if config.mlflow:
+        summary["mlflow"] = register(config, G, files, summary)
+    write_json_atomic(out / "export_summary.json", summary)
+    return summary
+
+
+def build_and_check_engine(G: torch.nn.Module, config: ExportConfig, out: Path, inputs: list[dict[str, Any]],
+                           profile: BatchProfile) -> dict[str, Any]:
+    """Build generator.plan here, check it against PyTorch and time it at batch 1/8/32 (GPU only)."""
+    from stages.export.tensorrt_build import TensorRTRunner, build_engine, time_engine, verify_engine
+
+    plan = build_engine(out / "generator.onnx", out / "generator.plan", profile_shapes(inputs, profile),
+                        fp16=config.engine_fp16, workspace_mb=config.workspace_mb,
+                        timing_cache=out / "timing.cache")
+    runner = TensorRTRunner(plan)
+    feeds = make_inputs(G, min(8, config.batch_max), config.parity_psi, seed=123)
+    check = verify_engine(runner, lambda f: reference_images(G, f, config.truncation_cutoff), feeds)
+    batches = [b for b in (1, 8, 32) if config.batch_min <= b <= config.batch_max]
+    timing = time_engine(runner, lambda b: make_inputs(G, b, config.parity_psi), batches)
+    return {"path": str(plan), "fp16": config.engine_fp16, "verify": check, "timing": timing}
+
+
+def register(config: ExportConfig, G: torch.nn.Module, files: dict[str, Path], summary: dict[str, Any]) -> dict:
+    import mlflow
+
+    from stages.common.config import as_flat_dict
+    from stages.export.registry import register_generator
+
+    if "MLFLOW_TRACKING_URI" not in os.environ:
+        mlflow.set_tracking_uri("sqlite:///mlflow.db")  # the project's server-less default
+    out = Path(config.outdir)
+    return register_generator(
+        files["generator_uint8"], config.registered_model, alias=config.alias, c_dim=int(G.c_dim),
+        metrics={k: v for k, v in summary["parity"].items() if k != "passed"},
+        params=as_flat_dict(config, prefix="export."),
+        artifacts=[out / "parity.json", out / "build_engine.sh", out / "model_repository" / config.triton_name
+                   / "config.pbtxt"],
+    )

@@ -1,0 +1,3 @@
+from stages.generate.cli import main
+
+raise SystemExit(main())

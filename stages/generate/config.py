@@ -1,0 +1,151 @@
+"""Frozen configs for the generate commands, read from the `generate:` section of params.yaml.
+
+The section holds shared settings at its top level and one sub-section per command; a command's
+sub-section wins over the shared values, and flags win over both:
+
+    generate:
+      network: null        # shared: snapshot / official pickle / URL
+      trunc: 1.0
+      images: {seeds: 0-7}
+      video: {seeds: 0-31, grid: 1x1}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from stages.common.config import ConfigError
+
+NoiseMode = Literal["const", "random", "none"]
+COMMAND_SECTIONS = ("images", "style_mixing", "video", "project")
+
+
+class GenerateError(ConfigError):
+    """A bad argument or an argument that does not fit the network (class out of range, ...): one line, exit 2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CommonConfig:
+    network: str | None = None          # snapshot (.safetensors), official pickle, or http(s)/file URL
+    outdir: str = "out/generate"        # where images/grids/projections are written
+    trunc: float = 1.0                  # truncation psi (1 = none), as official default
+    trunc_cutoff: int | None = None     # truncate only the first N ws (None = all)
+    noise_mode: NoiseMode = "const"     # const (deterministic) | random | none, official default const
+    class_idx: int | None = None        # class label for conditional networks
+    device: str = "cpu"                 # cpu | cuda | cuda:N | auto (cuda when available)
+    batch_size: int = 8                 # images per forward pass
+    mlflow: bool = False                # log the outputs as MLflow artifacts (also on when MLFLOW_RUN_ID is set)
+
+    def __post_init__(self) -> None:
+        if self.trunc_cutoff is not None and self.trunc_cutoff < 0:
+            raise GenerateError("--trunc-cutoff must be >= 0")
+        if self.class_idx is not None and self.class_idx < 0:
+            raise GenerateError(f"--class {self.class_idx} is out of range: classes are numbered from 0")
+        if self.batch_size < 1:
+            raise GenerateError("--batch-size must be >= 1")
+        if not self.outdir:
+            raise GenerateError("--outdir must not be empty")
+
+    def require_network(self) -> str:
+        if not self.network:
+            raise GenerateError("no network: pass --network PATH_OR_URL or set generate.network in params.yaml")
+        return self.network
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagesConfig(CommonConfig):
+    seeds: str = "0-7"                  # e.g. 0-35,40 (ranges inclusive)
+    projected_w: str | None = None      # render saved ws (.npz with key 'w' [N, num_ws, w_dim]) instead of seeds
+    grid: str | None = None             # ROWSxCOLS: tile the seeds into one grid.png
+    all_classes: bool = False           # one grid row per class (conditional networks)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from stages.generate.seeds import parse_grid, parse_seeds
+
+        parse_seeds(self.seeds)
+        if self.grid is not None:
+            parse_grid(self.grid)
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleMixingConfig(CommonConfig):
+    rows: str = "85,100,75,458,1500"    # row seeds: provide the coarse..fine styles not replaced
+    cols: str = "55,821,1789,293"       # column seeds: provide the `styles` layers
+    styles: str = "0-6"                 # ws indices copied from the column seed (0-6 = coarse + middle)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from stages.generate.seeds import parse_seeds
+
+        parse_seeds(self.rows, "rows")
+        parse_seeds(self.cols, "cols")
+        parse_seeds(self.styles, "styles")
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoConfig(CommonConfig):
+    seeds: str = "0-31"                 # keyframe seeds, filled grid cell by grid cell: len % (R*C) == 0
+    grid: str = "1x1"                   # ROWSxCOLS of simultaneous interpolations in each frame
+    w_frames: int = 120                 # frames between two keyframes
+    kind: Literal["cubic", "linear"] = "cubic"
+    loop: bool = True                   # wrap around to the first keyframe (a seamless loop)
+    output: str = "out/generate/video.mp4"  # .mp4 (libx264 via imageio-ffmpeg) or .gif (Pillow)
+    fps: int = 60
+    bitrate: str = "12M"                # MP4 only
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from stages.generate.seeds import parse_grid, parse_seeds
+
+        parse_seeds(self.seeds)
+        parse_grid(self.grid)
+        if self.w_frames < 1:
+            raise GenerateError("--w-frames must be >= 1")
+        if self.fps < 1:
+            raise GenerateError("--fps must be >= 1")
+        if not self.output.lower().endswith((".mp4", ".gif")):
+            raise GenerateError(f"--output must end in .mp4 or .gif, got {self.output!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectConfig(CommonConfig):
+    target: str | None = None           # image to project (centre-cropped, resized to G's resolution)
+    num_steps: int = 1000
+    seed: int = 303                     # seeds the noise init and the w perturbation
+    save_video: bool = True             # proj.mp4: target | rendering per step (official default on)
+    detector_dir: str | None = None     # folder holding vgg16.pt (else cache / URL), see stages.evaluate
+    detector_url: str | None = None     # override the VGG16 URL
+    # The official optimiser schedule (projector.py); kept here so every number is in params.yaml.
+    w_avg_samples: int = 10000
+    initial_learning_rate: float = 0.1
+    initial_noise_factor: float = 0.05
+    lr_rampdown_length: float = 0.25
+    lr_rampup_length: float = 0.05
+    noise_ramp_length: float = 0.75
+    regularize_noise_weight: float = 1e5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_steps < 1:
+            raise GenerateError("--num-steps must be >= 1")
+        if self.w_avg_samples < 1:
+            raise GenerateError("project.w_avg_samples must be >= 1")
+        if not 0 <= self.seed < 2**32:
+            raise GenerateError("--seed must be in [0, 2**32)")
+        for name in ("lr_rampdown_length", "lr_rampup_length", "noise_ramp_length"):
+            if getattr(self, name) <= 0:
+                raise GenerateError(f"project.{name} must be > 0")
+
+
+def command_section(params_section: dict[str, Any] | None, command: str) -> dict[str, Any]:
+    """Shared keys of `generate:` merged with its `<command>:` sub-section (the sub-section wins)."""
+    section = dict(params_section or {})
+    subs = {name: section.pop(name, None) for name in COMMAND_SECTIONS}
+    merged = {k: v for k, v in section.items()}
+    sub = subs.get(command) or {}
+    if not isinstance(sub, dict):
+        raise ConfigError(f"generate.{command} must be a mapping")
+    merged.update(sub)
+    return merged

@@ -1,0 +1,3 @@
+from stages.prepare.conversion import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+from stages.train.cli import main
+
+raise SystemExit(main())

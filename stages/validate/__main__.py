@@ -1,0 +1,3 @@
+from stages.validate.suite import main
+
+raise SystemExit(main())
