@@ -1,8 +1,9 @@
-"""MLflow at the edge: after each stage, log what it left on disk into a nested run of the pipeline run.
+"""MLflow for the pipeline flow: one parent run per execution, one nested run per stage.
 
-The stages themselves know nothing about MLflow (see ARCHITECTURE.md); this module reads their outputs
-(params.yaml sections, reports, metrics files, run folders, exports) and records them. One parent run
-per pipeline execution, one nested run per stage.
+After each stage the flow reads what the stage left on disk (params.yaml section, reports, metrics files,
+run folder, exports) and logs it into the stage's nested run. A stage that tracks itself while it works
+(training with `mlflow: true`) nests its own run under the parent through the environment `child_env`
+hands to the stage subprocess (`stages.common.tracking`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from typing import Any
 
 import yaml
 
-from stages.common.tracking import git_commit, use_experiment
+from stages.common.config import flatten
+from stages.common.tracking import PARENT_RUN_ENV, git_commit, use_experiment
 
 DEFAULT_EXPERIMENT = "stylegan2-ada-pipeline"
 
 
-def tracking_uri(project_dir: Path) -> str:
+def project_tracking_uri(project_dir: Path) -> str:
     """$MLFLOW_TRACKING_URI, else the server-less default `sqlite:///<project>/mlflow.db`."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(project_dir / 'mlflow.db').resolve()}"
 
@@ -30,17 +32,8 @@ def setup_experiment(project_dir: Path, name: str = DEFAULT_EXPERIMENT) -> str:
     """Point MLflow at the project's store; artifacts of a new experiment go to `<project>/mlartifacts`."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(project_dir))
+    mlflow.set_tracking_uri(project_tracking_uri(project_dir))
     return use_experiment(name, project_dir / "mlartifacts")
-
-
-def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        out.update(flatten(value, f"{prefix}{key}."))
-    return out
 
 
 def numeric(d: dict[str, Any]) -> dict[str, float]:
@@ -207,7 +200,7 @@ class PipelineTracker:
         if self.run_id is None or self.error is not None:
             return {}
         run = mlflow.active_run()
-        env = {"SG2_MLFLOW_PARENT_RUN_ID": self.run_id, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+        env = {PARENT_RUN_ENV: self.run_id, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
         if run is not None:
             env["MLFLOW_EXPERIMENT_ID"] = run.info.experiment_id
         return env

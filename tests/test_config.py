@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pytest
 
-from stages.common.config import ConfigError, build_config, config_from_args, load_params
+from stages.common.cli import OneLineParser, add_config_flags, load_config
+from stages.common.config import ConfigError, build_config, flatten, load_params, params_section
 
 
 @dataclasses.dataclass(frozen=True)
 class _Cfg:
+    SECTION: ClassVar[str] = "stage"
+    YIELDS_TO_FLAGS: ClassVar[dict[str, tuple[str, ...]]] = {"name": ("limit",)}
+
     size: int = 32
     rate: float = 0.5
     name: str = "x"
@@ -26,15 +30,34 @@ class _Cfg:
             raise ConfigError("size must be positive")
 
 
-def test_section_and_overrides(tmp_path):
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = OneLineParser(prog="t")
+    parser.add_argument("--params")
+    add_config_flags(parser, _Cfg, {})
+    return parser.parse_args(argv)
+
+
+def test_section_and_flags_through_the_generated_parser(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("stage:\n  size: 64\n  rate: 1\n  seeds: [1, 2]\n  mode: b\n")
-    ns = argparse.Namespace(params=str(params), size=None, flag="true", limit="7")
-    cfg = config_from_args(_Cfg, "stage", ns, ["size", "flag", "limit"])
+    cfg = load_config(_Cfg, "stage", _parse(["--params", str(params), "--flag", "--limit", "7"]))
     assert cfg == _Cfg(size=64, rate=1.0, seeds=(1, 2), mode="b", flag=True, limit=7)
     assert isinstance(cfg.rate, float)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.size = 1  # type: ignore[misc]
+    assert load_config(_Cfg, "stage", _parse(["--params", str(params), "--no-flag"])).flag is False
+
+
+def test_a_flag_makes_conflicting_params_step_aside_with_a_note(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text("stage:\n  name: demo\n  limit: 3\n")
+    assert load_config(_Cfg, "stage", _parse(["--params", str(params)])).limit == 3
+    assert load_config(_Cfg, "stage", _parse(["--params", str(params), "--name", "demo"])).limit == 3  # same value
+    cfg = load_config(_Cfg, "stage", _parse(["--params", str(params), "--name", "mine"]))
+    assert cfg.limit is None and cfg.name == "mine"
+    assert capsys.readouterr().err.strip() == "note: --name given: params.yaml stage.limit (3) not used"
+    cfg = load_config(_Cfg, "stage", _parse(["--params", str(params), "--name", "mine", "--limit", "9"]))
+    assert cfg.limit == 9  # a flag never steps aside
 
 
 def test_comma_separated_tuple_and_dash_keys():
@@ -47,9 +70,14 @@ def test_comma_separated_tuple_and_dash_keys():
     [
         ({"sise": 1}, "unknown option 'sise'"),
         ({"size": "big"}, "expected int"),
-        ({"size": 1.5}, "expected int"),
+        ({"size": 1.5}, "expected a whole number"),
+        ({"size": True}, "expected int"),
+        ({"rate": "nan"}, "finite"),
+        ({"rate": float("inf")}, "finite"),
+        ({"rate": [1, 2]}, "expected float"),
+        ({"name": {"a": 1}}, "expected text"),
         ({"mode": "c"}, "not one of"),
-        ({"flag": "maybe"}, "expected a boolean"),
+        ({"flag": "maybe"}, "expected true or false"),
         ({"size": -1}, "size must be positive"),
     ],
 )
@@ -58,6 +86,21 @@ def test_bad_values_name_the_problem(section, message):
         build_config(_Cfg, section)
 
 
-def test_missing_explicit_params_file_is_an_error(tmp_path):
+def test_params_file_problems_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  kimg: [1\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML \(line 3"):
+        load_params(bad)
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping of sections"):
+        load_params(bad)
+    bad.write_text("train: 5\n")
+    with pytest.raises(ConfigError, match="section 'train' must be a mapping"):
+        params_section(load_params(bad), "train")
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": {"d": [2]}}, "e": None}) == {"a.b": 1, "a.c.d": [2], "e": None}
+    assert flatten(_Cfg(), prefix="x.")["x.size"] == 32

@@ -12,8 +12,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from stages.common.dataset import ImageFolderDataset
-from stages.prepare.conversion import PrepareConfig, prepare_dataset
+from stages.common.dataset import DatasetError, ImageFolderDataset
+from stages.prepare.config import PrepareConfig
+from stages.prepare.conversion import prepare_dataset
 
 
 def _arrays(n: int, c: int = 3, size: int = 8) -> list[np.ndarray]:
@@ -71,7 +72,7 @@ def test_reads_official_layout_zip_and_folder(tmp_path):
         zf.extractall(tmp_path / "folder")
     folder = ImageFolderDataset(tmp_path / "folder", use_labels=True)
     assert np.array_equal(folder[1][0], ds[1][0]) and np.array_equal(folder[1][1], ds[1][1])
-    with pytest.raises(OSError, match="expected 16x16"):
+    with pytest.raises(DatasetError, match="expected 16x16"):
         ImageFolderDataset(tmp_path / "off.zip", resolution=16)
 
 

@@ -17,10 +17,11 @@ import pytest
 import torch
 
 from models import Generator, save_snapshot
+from stages.common.images import nhwc, to_uint8
 from stages.export.config import ExportConfig
 from stages.export.exporter import export_all
 from stages.export.onnx_export import add_uint8_output, describe_io, export_generator
-from stages.export.parity import check_parity, make_inputs, ort_session, reference_images, to_uint8_nhwc
+from stages.export.parity import check_parity, make_inputs, ort_session, reference_images
 from stages.export.tensorrt_build import (
     BatchProfile,
     TensorRTUnavailable,
@@ -127,7 +128,7 @@ def test_uint8_matches_official_conversion(uncond32):
     img = ort_session(str(out / "generator.onnx")).run(None, feeds)[0]
     u8 = ort_session(str(out / "generator_uint8.onnx")).run(None, feeds)[0]
     assert u8.dtype == np.uint8 and u8.shape == (3, 32, 32, 3)
-    assert np.abs(u8.astype(int) - to_uint8_nhwc(img).astype(int)).max() <= 1
+    assert np.abs(u8.astype(int) - nhwc(to_uint8(img)).astype(int)).max() <= 1
 
 
 def test_triton_config_matches_graph(uncond32):
@@ -183,7 +184,7 @@ def test_tensorrt_refusal(monkeypatch, tmp_path):
         build_engine(tmp_path / "g.onnx", tmp_path / "g.plan", {})
     from stages.export.cli import main
 
-    assert main(["render", "--model", str(tmp_path / "missing.plan"), "--seeds", "0", "--outdir", str(tmp_path)]) == 1
+    assert main(["render", "--model", str(tmp_path / "missing.plan"), "--seeds", "0", "--outdir", str(tmp_path)]) == 2
 
 
 def test_render_cli(uncond32, tmp_path):
@@ -196,21 +197,19 @@ def test_render_cli(uncond32, tmp_path):
                  "--outdir", str(tmp_path), "--cpu"]) == 0
     img = np.asarray(Image.open(tmp_path / "seed0002.png"))
     z = torch.from_numpy(np.random.RandomState(2).randn(1, Z).astype(np.float32))  # official seed rule
-    ref = to_uint8_nhwc(G(z, None, truncation_psi=0.7, noise_mode="const", force_fp32=True).numpy())[0]
+    ref = nhwc(to_uint8(G(z, None, truncation_psi=0.7, noise_mode="const", force_fp32=True).numpy()))[0]
     assert np.abs(img.astype(int) - ref.astype(int)).max() <= 1
 
 
 def test_cli_errors_are_one_line(capsys, tmp_path):
     from stages.export.cli import main
 
-    with pytest.raises(SystemExit) as exc:
-        main(["--help"])
-    assert exc.value.code == 0
+    assert main(["--help"]) == 0
     assert main(["--params", "/dev/null"]) == 2
     assert main(["--params", "/dev/null", "--network", str(tmp_path / "nope.safetensors"),
-                 "--outdir", str(tmp_path)]) == 1
+                 "--outdir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("export: error:") for line in err)
+    assert len(err) == 2 and all(line.startswith("python -m stages.export: error:") for line in err), err
 
 
 def test_mlflow_registry_alias(uncond32, tmp_path, monkeypatch):

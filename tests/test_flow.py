@@ -21,16 +21,17 @@ pytest.importorskip("prefect")
 pytest.importorskip("dvc")
 
 TINY = {
+    "demo": {"out": "data/raw/digits"},
     "prepare": {"source": "data/raw/digits", "dest": "data/datasets/digits.zip", "width": 16, "height": 16,
                 "workers": 1, "progress": False},
     "validate": {"dataset": "data/datasets/digits.zip", "out": "reports/validation.json"},
     "train": {"data": "data/datasets/digits.zip", "run_dir": "runs/demo", "resume": "auto", "cfg": "tiny",
               "cond": True, "kimg": 0.032, "tick_kimg": 0.016, "snap": 1, "checkpoint_ticks": 1, "batch": 16,
-              "grid_w": 10, "grid_h": 1, "workers": 0, "aug": "ada", "ada_kimg": 1},
+              "grid_w": 4, "grid_h": 10, "workers": 0, "aug": "ada", "ada_kimg": 1},
     "evaluate": {"network": "runs/demo", "metrics": ["fid2k_full"], "run_dir": "reports/evaluate",
                  "out": "metrics.json", "skip_missing_detectors": True, "progress": False},
     "generate": {"network": "runs/demo", "outdir": "reports/generate",
-                 "images": {"seeds": "0-3", "all_classes": True},
+                 "images": {"seeds": "0-3", "all_classes": None},
                  "style_mixing": {"rows": "1,2", "cols": "3,4", "styles": "0-1", "class_idx": 7},
                  "video": {"seeds": "0-3", "w_frames": 3, "kind": "linear", "loop": True, "class_idx": 7,
                            "output": "reports/generate/video.mp4", "fps": 10}},

@@ -11,14 +11,19 @@ import pytest
 import torch
 
 from models import Generator, save_snapshot
+from stages.common.errors import BadInput
+from stages.common.images import nhwc, to_uint8
+from stages.common.seeds import parse_grid, parse_seeds
 from stages.generate.cli import main
-from stages.generate.config import GenerateError, ProjectConfig
-from stages.generate.images import images_to_uint8
+from stages.generate.config import ProjectConfig
 from stages.generate.projector import project, run_projection
-from stages.generate.seeds import parse_grid, parse_seeds
 from stages.generate.video import num_frames
 
 RES = 16
+
+
+def images_to_uint8(img: torch.Tensor) -> np.ndarray:
+    return nhwc(to_uint8(img))
 
 
 def tiny_g(c_dim: int = 0, channels: int = 3, seed: int = 0) -> Generator:
@@ -59,11 +64,11 @@ def png(path: Path) -> np.ndarray:
 def test_parse_seeds_and_grid() -> None:
     assert parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
     assert parse_seeds("5") == [5]
-    for bad in ("3-a", "", "5-2", "-1", "1,,2"):
-        with pytest.raises(GenerateError):
+    for bad in ("3-a", "", "5-2", "-1", "1,,2", "0-999999999"):
+        with pytest.raises(BadInput):
             parse_seeds(bad)
-    assert parse_grid("4x2") == (4, 2)
-    with pytest.raises(GenerateError):
+    assert parse_grid("4x2") == (4, 2)  # columns x rows, as the official tools read it
+    with pytest.raises(BadInput):
         parse_grid("4by2")
 
 
@@ -83,7 +88,7 @@ def test_seed_rule_and_names(nets, tmp_path: Path) -> None:
 
 def test_grid_and_grayscale(nets, tmp_path: Path) -> None:
     path, _ = nets["uncond"]
-    assert run("images", "--network", path, "--seeds", "0-4", "--grid", "2x3", "--outdir", tmp_path)[0] == 0
+    assert run("images", "--network", path, "--seeds", "0-4", "--grid", "3x2", "--outdir", tmp_path)[0] == 0
     grid = png(tmp_path / "grid.png")
     assert grid.shape == (2 * RES, 3 * RES, 3)
     single = tmp_path / "single"
@@ -99,7 +104,8 @@ def test_grid_and_grayscale(nets, tmp_path: Path) -> None:
 
 def test_conditional_classes(nets, tmp_path: Path, capsys) -> None:
     path, G = nets["cond"]
-    rc, err = run("images", "--network", path, "--seeds", "0", "--outdir", tmp_path, capsys=capsys)
+    rc, err = run("images", "--network", path, "--seeds", "0", "--no-all-classes", "--outdir", tmp_path,
+                  capsys=capsys)
     assert rc == 2 and "3 classes (0-2)" in err and len(err.strip().splitlines()) == 1
     rc, err = run("images", "--network", path, "--seeds", "0", "--class", "3", "--outdir", tmp_path, capsys=capsys)
     assert rc == 2 and "out of range" in err and "Traceback" not in err
@@ -109,7 +115,8 @@ def test_conditional_classes(nets, tmp_path: Path, capsys) -> None:
     ref = images_to_uint8(G(z, torch.tensor([[0.0, 1.0, 0.0]]), noise_mode="const"))[0]
     np.testing.assert_array_equal(png(tmp_path / "seed0002.png"), ref)
 
-    assert run("images", "--network", path, "--seeds", "0-3", "--all-classes", "--outdir", tmp_path / "all")[0] == 0
+    # Without --class a conditional network gives the class grid by default (all_classes: auto).
+    assert run("images", "--network", path, "--seeds", "0-3", "--outdir", tmp_path / "all")[0] == 0
     grid = png(tmp_path / "all" / "classes.png")
     assert grid.shape == (3 * RES, 4 * RES, 3)
     np.testing.assert_allclose(grid[RES : 2 * RES, 2 * RES : 3 * RES].astype(int), ref.astype(int), atol=1)
@@ -130,12 +137,14 @@ def test_projected_w(nets, tmp_path: Path, capsys) -> None:
 
 @pytest.mark.parametrize("argv, needle", [
     (["images", "--seeds", "1-x"], "cannot parse"),
-    (["images", "--seeds", "0", "--grid", "2by2"], "ROWSxCOLS"),
-    (["images", "--seeds", "0", "--trunc", "abc"], "invalid float"),
-    (["images", "--seeds", "0", "--noise-mode", "loud"], "invalid choice"),
+    (["images", "--seeds", "0", "--grid", "2by2"], "COLSxROWS"),
+    (["images", "--seeds", "0", "--trunc", "abc"], "expected float"),
+    (["images", "--seeds", "0", "--trunc", "nan"], "finite"),
+    (["images", "--seeds", "0-999999999"], "more than 100,000 seeds"),
+    (["images", "--seeds", "0", "--noise-mode", "loud"], "is not one of"),
     (["images", "--seeds", "0", "--class", "1"], "unconditional"),
     (["images", "--seeds", "0-9", "--grid", "2x2"], "holds 4 images"),
-    (["video", "--seeds", "0-2", "--grid", "1x2"], "multiple of 2"),
+    (["video", "--seeds", "0-2", "--grid", "2x1"], "multiple of 2"),
     (["video", "--output", "x.avi"], ".mp4 or .gif"),
     (["style-mixing", "--rows", "1", "--cols", "2", "--styles", "0-40"], "out of range"),
 ])
@@ -146,10 +155,10 @@ def test_bad_args_one_line_exit_2(nets, tmp_path: Path, capsys, argv: list[str],
     assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_missing_network_exit_1(tmp_path: Path, capsys) -> None:
+def test_missing_network_exit_2(tmp_path: Path, capsys) -> None:
     rc, err = run("images", "--network", tmp_path / "nope.safetensors", "--seeds", "0", "--outdir", tmp_path,
                   capsys=capsys)
-    assert rc == 1 and "not found" in err and len(err.strip().splitlines()) == 1
+    assert rc == 2 and "not found" in err and len(err.strip().splitlines()) == 1
     rc, err = run("images", "--seeds", "0", "--outdir", tmp_path, "--params", tmp_path / "none.yaml", capsys=capsys)
     assert rc == 2 and "params file not found" in err
 
@@ -217,7 +226,7 @@ def test_video_mp4(nets, tmp_path: Path, which: str, kind: str, loop: bool) -> N
     path, _ = nets[which]
     out = tmp_path / "v.mp4"
     extra = ["--class", "2"] if which == "cond" else []
-    argv = ["video", "--network", path, "--seeds", "0-3", "--grid", "1x2", "--w-frames", "3", "--kind", kind,
+    argv = ["video", "--network", path, "--seeds", "0-3", "--grid", "2x1", "--w-frames", "3", "--kind", kind,
             "--loop" if loop else "--no-loop", "--output", out, "--fps", "10", *extra]
     assert run(*argv)[0] == 0
     with imageio.get_reader(str(out)) as reader:
@@ -329,7 +338,7 @@ def test_mlflow_logs_into_given_run(nets, tmp_path: Path, monkeypatch) -> None:
     with mlflow.start_run() as parent:
         run_id = parent.info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
-    assert run("images", "--network", path, "--seeds", "1-2", "--outdir", tmp_path / "o")[0] == 0
+    assert run("images", "--network", path, "--seeds", "1-2", "--mlflow", "--outdir", tmp_path / "o")[0] == 0
     names = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "generate/images")}
     assert names == {"generate/images/seed0001.png", "generate/images/seed0002.png"}
     assert mlflow.get_run(run_id).data.tags["generate.seeds"] == "1-2"

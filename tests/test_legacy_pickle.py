@@ -284,13 +284,13 @@ def test_convert_stage(fake_nvidia, tmp_path, capsys):
 
 
 def test_convert_stage_errors_are_one_line(tmp_path, capsys):
-    assert convert_stage.main(["--source", str(tmp_path / "missing.pkl"), "--dest", str(tmp_path / "o")]) == 1
+    assert convert_stage.main(["--source", str(tmp_path / "missing.pkl"), "--dest", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("convert: error:") and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("python -m stages.convert: error:") and err.count("\n") == 1 and "Traceback" not in err
 
     evil = tmp_path / "evil.pkl"
     _dump(_Reduce(os.system, "true"), evil)
-    assert convert_stage.main(["--source", str(evil), "--dest", str(tmp_path / "o")]) == 1
+    assert convert_stage.main(["--source", str(evil), "--dest", str(tmp_path / "o")]) == 2  # refused: bad input
     err = capsys.readouterr().err
     assert "system" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()

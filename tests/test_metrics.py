@@ -280,7 +280,7 @@ def test_detector_download_is_atomic_and_records_sha(tmp_path, detector_dir, mon
     def fake_download(url: str, fh: Any) -> None:  # the real helper does HTTP; never at test time
         fh.write(payload)
 
-    monkeypatch.setattr("models.serialization.loading._download_to", fake_download)
+    monkeypatch.setattr("models.serialization.loading.download_to", fake_download)
     monkeypatch.delenv(detectors.DETECTOR_DIR_ENV, raising=False)
     monkeypatch.delenv(detectors.OFFLINE_ENV, raising=False)
     path = find_detector("vgg16", cache_dir=tmp_path / "c", allow_download=True)

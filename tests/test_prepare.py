@@ -20,8 +20,12 @@ import pytest
 
 from stages.common.config import ConfigError
 from stages.prepare import destination as writer_mod
-from stages.prepare.conversion import PrepareConfig, PrepareError, main, prepare_dataset
+from stages.prepare.cli import main
+from stages.prepare.config import PrepareConfig
+from stages.prepare.conversion import prepare_dataset
+from stages.prepare.destination import DestinationError
 from stages.prepare.png import encode_png
+from stages.prepare.report import PrepareError
 
 LANCZOS = PIL.Image.Resampling.LANCZOS
 
@@ -152,11 +156,15 @@ def test_mixed_folder_pixels_and_report(tmp_path, mixed):
 def test_on_error_fail_is_fatal_and_leaves_dest_alone(tmp_path, mixed):
     src, _ = mixed
     dest = tmp_path / "out.zip"
-    dest.write_bytes(b"previous")
+    with zipfile.ZipFile(dest, "w") as zf:  # an earlier dataset (ours or the official tool's)
+        zf.writestr("dataset.json", '{"labels": null}')
+    previous = dest.read_bytes()
+    Path(str(dest) + ".report.json").write_text('{"status": "ok"}')
     with pytest.raises(PrepareError, match="--on-error fail"):
         run(tmp_path, src, on_error="fail")
-    assert dest.read_bytes() == b"previous"
-    assert json.loads(Path(str(dest) + ".report.json").read_text())["status"] == "failed"
+    assert dest.read_bytes() == previous
+    assert json.loads(Path(str(dest) + ".report.json").read_text())["status"] == "ok"  # still describes dest
+    assert json.loads(Path(str(dest) + ".report.failed.json").read_text())["status"] == "failed"
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
 
 
@@ -315,8 +323,9 @@ def test_zip_source_with_labels_and_folder_dest(tmp_path):
     run(tmp_path, src, "outdir")  # a previous dataset folder is replaced
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("user data")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(DestinationError, match="not replaced"):
         run(tmp_path, src, "other")
+    assert (tmp_path / "other" / "keep.txt").read_text() == "user data"
 
 
 def test_max_images_counts_written_images(tmp_path, mixed):
@@ -420,11 +429,11 @@ def test_config_validation(kw, message):
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["--source", str(tmp_path / "missing"), "--dest", str(tmp_path / "o.zip")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"prepare: error: source not found: {tmp_path / 'missing'}"]
+    assert err == [f"python -m stages.prepare: error: source not found: {tmp_path / 'missing'}"]
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "x.png").write_bytes(b"")
-    assert main(["--source", str(empty), "--dest", str(tmp_path / "o.zip"), "--no-progress"]) == 1
+    assert main(["--source", str(empty), "--dest", str(tmp_path / "o.zip"), "--no-progress"]) == 2
     assert "no images written" in capsys.readouterr().err
     assert not (tmp_path / "o.zip").exists()
 

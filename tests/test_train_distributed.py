@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from stages.train import checkpoint as ckpt
+from stages.train.config import TrainConfig
 from stages.train.loop import train
-from stages.train.options import TrainConfig
 from tests.test_train import make_zip
 
 ROOT = Path(__file__).resolve().parents[1]

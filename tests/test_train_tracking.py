@@ -11,11 +11,12 @@ import warnings
 
 import pytest
 
+from stages.common.tracking import DEFAULT_EXPERIMENT as EXPERIMENT
+from stages.common.tracking import PARENT_RUN_ENV
 from stages.evaluate.detectors import CACHE_ENV, DETECTOR_DIR_ENV, OFFLINE_ENV
 from stages.evaluate.features import STATS_CACHE_ENV
 from stages.train.loop import train
-from stages.train.setup import TrainingDiverged
-from stages.train.tracking import EXPERIMENT, PARENT_RUN_ENV
+from stages.train.phases import TrainingDiverged
 from tests.test_metrics import make_detector_dir
 from tests.test_train import cfg, make_zip
 
@@ -101,8 +102,8 @@ def test_training_run_in_mlflow_nested_under_parent(data, tmp_path, store, monke
     assert len(history) == 2 and all(h.value == h.value for h in history)  # one point per tick, finite
     assert [h.step for h in store.get_metric_history(run.info.run_id, "Progress.kimg")] == [0, 0]  # kimg (int)
     arts = _artifacts(store, run.info.run_id)
-    assert {"images/reals.png", "images/fakes_init.png", "images/fakes000000.png", "stats.jsonl", "log.txt",
-            "snapshots/network-snapshot-000000.safetensors"} <= arts
+    assert {"images/reals.png", "images/fakes_init.png", "images/fakes000000.004.png", "images/fakes000000.008.png",
+            "stats.jsonl", "log.txt", "snapshots/network-snapshot-000000.008.safetensors"} <= arts
     assert (tmp_path / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
 
 
@@ -132,7 +133,7 @@ def test_unreachable_tracking_server_warns_once_and_trains_on(data, tmp_path, mo
     mlflow_warnings = [w for w in caught if "MLflow" in str(w.message)]
     assert len(mlflow_warnings) == 1, [str(w.message) for w in mlflow_warnings]
     assert "tracking disabled" in str(mlflow_warnings[0].message)
-    assert (run_dir / "network-snapshot-000000.safetensors").is_file()
+    assert (run_dir / "network-snapshot-000000.008.safetensors").is_file()
 
 
 def test_metrics_on_snapshots_and_missing_detector_skipped_once(data, tmp_path, store, offline):
@@ -141,7 +142,7 @@ def test_metrics_on_snapshots_and_missing_detector_skipped_once(data, tmp_path, 
     run_dir = train(cfg(data, tmp_path / "run", steps=2, metrics=("fid12_full", "ppl2_wend"),
                         detector_dir=str(dets), mlflow=True))
     lines = [json.loads(line) for line in (run_dir / "metric-fid12_full.jsonl").read_text().splitlines()]
-    assert [rec["snapshot_pkl"] for rec in lines] == ["network-snapshot-000000.safetensors"] * 2  # snap=1: 2 ticks
+    assert [rec["snapshot_pkl"] for rec in lines] == [f"network-snapshot-000000.00{k}.safetensors" for k in (4, 8)]
     assert all(rec["results"]["fid12_full"] > 0 for rec in lines)
     assert not (run_dir / "metric-ppl2_wend.jsonl").exists()
     log = (run_dir / "log.txt").read_text()

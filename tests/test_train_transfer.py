@@ -15,8 +15,9 @@ import torch
 from models import Discriminator, Generator
 from stages.common.dataset import ImageFolderDataset
 from stages.train import checkpoint as ckpt
+from stages.train.config import TrainConfig
 from stages.train.loop import train
-from stages.train.options import TrainConfig, resolve_options
+from stages.train.options import resolve_options
 from tests.test_legacy_pickle import _randomize, _record, install_fake_nvidia
 from tests.test_train import cfg, make_zip
 
@@ -33,7 +34,7 @@ def data(tmp_path_factory):
 
 def write_official_pickle(fake, path, data, channel_max: int | None = None) -> dict[str, torch.nn.Module]:
     opts = resolve_options(TrainConfig(data=str(data), cfg="tiny"), ImageFolderDataset(str(data)))
-    g_kwargs, d_kwargs = opts["G_kwargs"], opts["D_kwargs"]
+    g_kwargs, d_kwargs = opts.G_kwargs, opts.D_kwargs
     if channel_max is not None:  # a pretrained network of another width
         g_kwargs["synthesis_kwargs"]["channel_max"] = d_kwargs["channel_max"] = channel_max
     nets = {"G": _randomize(Generator(**g_kwargs), 1), "D": _randomize(Discriminator(**d_kwargs), 2),

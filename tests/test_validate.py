@@ -11,7 +11,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from stages.validate.suite import ValidateConfig, ValidationFailed, main, validate_dataset
+from stages.validate.cli import main
+from stages.validate.config import ValidateConfig
+from stages.validate.suite import ValidationFailed, validate_dataset
 
 
 def make_zip(path: Path, sizes: list[int], labels: list[int] | None, dup: bool = False) -> Path:
@@ -67,4 +69,5 @@ def test_out_of_range_and_negative_labels_fail(tmp_path):
 
 def test_missing_dataset_is_a_one_line_error(tmp_path, capsys):
     assert main(["--dataset", str(tmp_path / "nope.zip"), "--out", str(tmp_path / "v.json")]) == 2
-    assert capsys.readouterr().err.strip() == f"validate: error: dataset not found: {tmp_path / 'nope.zip'}"
+    expected = f"python -m stages.validate: error: dataset not found: {tmp_path / 'nope.zip'}"
+    assert capsys.readouterr().err.strip() == expected

@@ -38,7 +38,7 @@ def get_cache_dir(override: str | os.PathLike | None = None) -> Path:
     return Path(raw).expanduser()
 
 
-def _is_url(s: str) -> bool:
+def is_url(s: str) -> bool:
     return re.match(r"^(https?|file)://", s, flags=re.IGNORECASE) is not None
 
 
@@ -50,7 +50,7 @@ def _cache_path(url: str, directory: Path) -> Path:
     return directory / f"{digest}_{tail}"
 
 
-def _download_to(url: str, fh: Any) -> None:
+def download_to(url: str, fh: Any) -> None:
     """Stream `url` into the open file `fh` with a progress bar."""
     import requests
     from tqdm import tqdm
@@ -86,7 +86,7 @@ def fetch_url(url: str, cache: str | os.PathLike | None = None) -> Path:
             with open(src, "rb") as sf:
                 shutil.copyfileobj(sf, fh, length=1 << 20)
         else:
-            _download_to(url, fh)
+            download_to(url, fh)
     return target
 
 
@@ -103,16 +103,17 @@ def detect_format(path: str | os.PathLike) -> str:
     raise SnapshotError(f"{path}: neither a network pickle nor a safetensors snapshot")
 
 
-_SNAPSHOT_NAME = re.compile(r"^network-snapshot-(\d+)\.(safetensors|pkl)$")
+# `network-snapshot-000012.safetensors` (official), or `...-000000.512...` for snapshots under 1 kimg apart.
+_SNAPSHOT_NAME = re.compile(r"^network-snapshot-(\d+(?:\.\d+)?)\.(safetensors|pkl)$")
 
 
 def resolve_network_path(path_or_url: str | os.PathLike) -> str:
     """A training run folder means its newest `network-snapshot-<kimg>.*`; files and URLs pass through."""
     source = os.fspath(path_or_url)
     folder = Path(source)
-    if _is_url(source) or not folder.is_dir():
+    if is_url(source) or not folder.is_dir():
         return source
-    snaps = sorted((int(m[1]), f.name) for f in folder.iterdir() if (m := _SNAPSHOT_NAME.match(f.name)))
+    snaps = sorted((float(m[1]), f.name) for f in folder.iterdir() if (m := _SNAPSHOT_NAME.match(f.name)))
     if not snaps:
         raise FileNotFoundError(f"no network-snapshot-*.safetensors|pkl in run folder {folder}")
     return str(folder / snaps[-1][1])
@@ -127,7 +128,7 @@ def load_network(path_or_url: str | os.PathLike, cache_dir: str | os.PathLike | 
     `network-snapshot-*`. Modules are on CPU, in eval mode, with gradients disabled.
     """
     source = resolve_network_path(path_or_url)
-    path = fetch_url(source, cache_dir) if _is_url(source) else Path(source)
+    path = fetch_url(source, cache_dir) if is_url(source) else Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"network file not found: {path}")
     if detect_format(path) == "pickle":

@@ -1,0 +1,1 @@
+"""convert: any readable network file -> a native code-free snapshot (`converter`, `cli`)."""

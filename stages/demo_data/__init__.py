@@ -1,0 +1,1 @@
+"""demo_data: the built-in digits dataset (`digits`, `cli`)."""

@@ -1,63 +1,30 @@
-"""Write the built-in demo dataset: scikit-learn's handwritten digits as a labelled image folder.
+"""`python -m stages.demo_data`: write the built-in digits as a labelled image folder (the demo's raw data).
 
-scikit-learn ships the 1,797 8x8 grayscale digits (UCI "Optical Recognition of Handwritten Digits")
-inside its wheel, so the demo needs no download. The prepare stage scales them up.
+    python -m stages.demo_data --out data/raw/digits
+
+Reads the `demo:` section of params.yaml. A folder this stage did not write is never replaced (exit 2)
+unless --force is given.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
-import sys
-import tempfile
-from pathlib import Path
+from collections.abc import Sequence
 
-import numpy as np
-from PIL import Image
+from stages.common.cli import add_config_flags, load_config, run_stage, stage_parser
+from stages.demo_data.digits import HELP, DemoDataConfig, write_digits
 
 
-def write_digits(out_dir: str | os.PathLike, invert: bool = True) -> dict:
-    """Write `out_dir/<class>/<index>.png` plus `dataset.json` labels; atomic (temp dir, then rename)."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as exc:  # the demo extra brings scikit-learn
-        raise SystemExit("the demo data needs scikit-learn: pip install -e '.[pipeline]'") from exc
-    digits = load_digits()
-    # Values are ink counts 0..16; white background with dark ink reads like handwriting.
-    pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)
-    if invert:
-        pixels = 255 - pixels
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        labels = []
-        for i, (img, label) in enumerate(zip(pixels, digits.target)):
-            name = f"{int(label)}/{i:04d}.png"
-            (tmp / str(int(label))).mkdir(exist_ok=True)
-            Image.fromarray(img, mode="L").save(tmp / name)
-            labels.append([name, int(label)])
-        (tmp / "dataset.json").write_text(json.dumps({"labels": labels}))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return {"images": len(labels), "classes": int(digits.target.max()) + 1, "path": str(out)}
+def build_parser() -> argparse.ArgumentParser:
+    parser = stage_parser("python -m stages.demo_data", __doc__)
+    add_config_flags(parser, DemoDataConfig, HELP)
+    return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="data/raw/digits", help="folder to write (replaced if present)")
-    parser.add_argument("--no-invert", action="store_true", help="keep white ink on black")
-    args = parser.parse_args(argv)
-    summary = write_digits(args.out, invert=not args.no_invert)
-    print(f"wrote {summary['images']} digits in {summary['classes']} classes to {summary['path']}")
-    return 0
+def main(argv: Sequence[str] | None = None) -> int:
+    def body(args: argparse.Namespace) -> None:
+        cfg = load_config(DemoDataConfig, "demo", args)
+        summary = write_digits(cfg.out, invert=cfg.invert, force=cfg.force)
+        print(f"wrote {summary['images']} digits in {summary['classes']} classes to {summary['path']}")
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_stage(build_parser(), argv, body)

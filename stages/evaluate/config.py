@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from stages.common.config import ConfigError
 from stages.evaluate.registry import UnknownMetricError, parse_metrics
@@ -11,6 +11,8 @@ from stages.evaluate.registry import UnknownMetricError, parse_metrics
 
 @dataclass(frozen=True)
 class EvaluateConfig:
+    SECTION: ClassVar[str] = "evaluate"
+
     network: str | None = "runs/demo"         # snapshot/pickle file, URL, or run folder (its newest snapshot)
     metrics: tuple[str, ...] = ("fid50k_full",)
     data: str | None = None                   # reference dataset; None = the run's training_options.json
@@ -46,3 +48,31 @@ class EvaluateConfig:
                 raise ConfigError(f"{name}: must be >= 1")
         if self.workers < 0:
             raise ConfigError("workers: must be >= 0")
+        if not 0 <= self.seed < 2**31:
+            raise ConfigError("seed: must be in [0, 2**31)")
+        if not -10 <= self.truncation_psi <= 10:
+            raise ConfigError(f"truncation_psi: {self.truncation_psi} is outside [-10, 10]")
+
+
+HELP = {
+    "network": "snapshot/pickle path or URL, or a training run folder (its newest snapshot)",
+    "metrics": "comma-separated metric names, e.g. fid50k_full,kid50k_full,pr50k3_full,is50k,ppl2_wend",
+    "data": "reference dataset ZIP/folder (default: the run's training_options.json)",
+    "mirror": "x-flipped reals for non-_full metrics (default: as in training)",
+    "run_dir": "folder for metric-<name>.jsonl (default: the snapshot's run folder)",
+    "detector_dir": "folder with inception-2015-12-05.pt / vgg16.pt (also $SG2_DETECTOR_DIR)",
+    "cache_dir": "real-image statistics cache (also $SG2_METRICS_CACHE_DIR)",
+    "out": "flat results JSON for DVC",
+    "batch_size": "images per detector call",
+    "ppl_batch_size": "path samples per PPL batch",
+    "pr_row_batch_size": "precision/recall distance block rows",
+    "pr_col_batch_size": "precision/recall distance block columns",
+    "seed": "seed of the generated latents, labels, noise and KID subsets",
+    "workers": "DataLoader workers for the real images",
+    "truncation_psi": "truncation of the generated images (1 = none)",
+    "noise_mode": "per-pixel noise of the generated images",
+    "skip_missing_detectors": "skip metrics whose detector file is absent instead of failing",
+    "mlflow": "log results and jsonl files to MLflow (also SG2_MLFLOW=1)",
+    "progress": "progress bars on stderr",
+    "cpu": "run on CPU even when CUDA is available",
+}

@@ -17,14 +17,15 @@ a user's detector dir is honoured the same way; without one the file is trusted.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from stages.common.errors import EnvironmentFault
+from stages.common.fileio import atomic_open
 
 DETECTOR_DIR_ENV = "SG2_DETECTOR_DIR"
 CACHE_ENV = "SG2_CACHE_DIR"
@@ -48,7 +49,7 @@ DETECTORS: dict[str, DetectorSpec] = {
 }
 
 
-class DetectorNotFoundError(FileNotFoundError):
+class DetectorNotFoundError(EnvironmentFault, FileNotFoundError):
     """A detector file is absent and could not be fetched; the message is one actionable line."""
 
     def __init__(self, name: str, filename: str, url: str | None, searched: list[Path], reason: str) -> None:
@@ -63,7 +64,7 @@ class DetectorNotFoundError(FileNotFoundError):
         )
 
 
-class DetectorChecksumError(OSError):
+class DetectorChecksumError(EnvironmentFault, OSError):
     """A detector file does not match its recorded sha256 (truncated or replaced)."""
 
 
@@ -99,26 +100,12 @@ def _verify(path: Path, expected: str | None) -> None:
 
 
 def _download(url: str, target: Path) -> None:
-    """Fetch `url` to `target` atomically (temp file in the same folder, fsync, rename) and record its sha256."""
-    from models.serialization.loading import (
-        _download_to,  # the project's one HTTP download helper (progress bar, errors)
-    )
+    """Fetch `url` to `target` atomically and record its sha256 beside it."""
+    from models.serialization.loading import download_to  # the project's one HTTP download helper
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            _download_to(url, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        digest = file_sha256(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    target.with_name(target.name + ".sha256").write_text(f"{digest}  {target.name}\n")
+    with atomic_open(target, "wb") as fh:
+        download_to(url, fh)
+    target.with_name(target.name + ".sha256").write_text(f"{file_sha256(target)}  {target.name}\n")
 
 
 def find_detector(

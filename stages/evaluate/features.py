@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from stages.common.fileio import atomic_open
+from stages.common.images import to_uint8
 from stages.evaluate.distributed import ProcessGroup, SingleProcess, gather_rows, is_main, my_batches, sum_arrays
 
 Capture = Literal["meancov", "all"]
@@ -133,11 +134,6 @@ def seeded_torch(seed: int, batch: int, device: torch.device | str) -> Iterator[
         yield
 
 
-def to_uint8(img: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float NCHW -> uint8, the official rounding: (x * 127.5 + 128).clamp(0, 255)."""
-    return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8)
-
-
 def generator_features(
     G: torch.nn.Module,
     labels: np.ndarray | None,             # [L, c_dim] label vectors to draw c from (None/empty: unconditional)
@@ -204,18 +200,10 @@ def load_stats(path: Path) -> FeatureStats | None:
 
 
 def save_stats(path: Path, stats: FeatureStats) -> None:
-    """Write atomically (temp file + rename): concurrent evaluations never read a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically: concurrent evaluations never read a half-written file."""
     arrays = {k: v for k, v in dict(features=stats.features, mean=stats.mean, cov=stats.cov).items() if v is not None}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, num_items=np.int64(stats.num_items), **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as fh:
+        np.savez(fh, num_items=np.int64(stats.num_items), **arrays)
 
 
 def cached_dataset_features(

@@ -7,10 +7,8 @@ official `calc_metric` record: {'results', 'metric', 'total_time', 'total_time_s
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from stages.common.fileio import append_jsonl, write_json_atomic
+from stages.common.progress import format_time
 from stages.evaluate import formulas
 from stages.evaluate.detectors import DetectorNotFoundError, detector_identity, find_detector, load_detector_file
 from stages.evaluate.distributed import ProcessGroup, SingleProcess, is_main
@@ -54,18 +54,6 @@ class MetricOptions:
     group: ProcessGroup = field(default_factory=SingleProcess)
     progress: bool = True
     allow_download: bool | None = None                 # None = unless $SG2_OFFLINE
-
-
-def format_time(seconds: float) -> str:
-    """Official `dnnlib.util.format_time` layout: '12s', '3m 04s', '2h 05m 09s', '1d 02h 03m'."""
-    s = int(np.rint(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {(s // 60) % 60:02d}m {s % 60:02d}s"
-    return f"{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m"
 
 
 def make_dataset(dataset_kwargs: dict[str, Any], spec: MetricSpec) -> Any:
@@ -209,33 +197,17 @@ def flat_results(records: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def report_metric(record: dict[str, Any], run_dir: str | os.PathLike | None = None,
                   snapshot_pkl: str | os.PathLike | None = None) -> str:
     """Append the official jsonl line to `<run_dir>/metric-<name>.jsonl` (when run_dir exists); returns the line."""
     if run_dir is not None and snapshot_pkl is not None and not str(snapshot_pkl).startswith(("http:", "https:")):
         snapshot_pkl = os.path.relpath(snapshot_pkl, run_dir)
-    line = json.dumps(dict(record, snapshot_pkl=None if snapshot_pkl is None else str(snapshot_pkl),
-                           timestamp=time.time()))
+    line = dict(record, snapshot_pkl=None if snapshot_pkl is None else str(snapshot_pkl), timestamp=time.time())
     if run_dir is not None and os.path.isdir(run_dir):
-        # One write() of a short line in append mode: concurrent writers do not interleave within it.
-        with open(os.path.join(run_dir, f"metric-{record['metric']}.jsonl"), "a") as fh:
-            fh.write(line + "\n")
-    return line
+        return append_jsonl(Path(run_dir) / f"metric-{record['metric']}.jsonl", line)
+    return json.dumps(line)
 
 
 def write_metrics_json(path: str | os.PathLike, results: dict[str, float]) -> None:
     """The flat results as DVC metrics, atomically."""
-    _write_atomic(Path(path), json.dumps(results, indent=2, sort_keys=True) + "\n")
+    write_json_atomic(path, results, sort_keys=True)

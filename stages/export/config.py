@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from stages.common.config import ConfigError
 
@@ -11,6 +12,8 @@ TRITON_KINDS = ("KIND_GPU", "KIND_CPU")
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
+    SECTION: ClassVar[str] = "export"
+
     network: str = ""                         # snapshot / official pickle / URL holding G_ema
     outdir: str = "exports"                   # all artifacts go here (written atomically)
     opset: int = 18                           # ONNX opset (>= 17; the dynamo exporter emits 18)
@@ -32,6 +35,7 @@ class ExportConfig:
     mlflow: bool = False                      # log + register the serving graph
     registered_model: str = "stylegan2-generator"
     alias: str = "champion"
+    dry_run: bool = False                     # print the resolved config and exit
 
     def __post_init__(self) -> None:
         if not self.network:
@@ -58,3 +62,59 @@ class ExportConfig:
             raise ConfigError("export.triton_name must be a non-empty name without '/'")
         if not self.registered_model or not self.alias:
             raise ConfigError("export.registered_model and export.alias must be non-empty")
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderConfig:
+    """`python -m stages.export render`: seeds through an exported graph or engine (not a pipeline step)."""
+
+    SECTION: ClassVar[str] = "render"
+
+    model: str = ""                           # .onnx graph (onnxruntime) or .plan engine (TensorRT)
+    seeds: str = "0-7"                        # e.g. 0-7,10
+    trunc: float = 1.0                        # truncation psi
+    class_idx: int | None = None              # class (conditional networks)
+    batch: int = 8                            # images per run of the graph
+    outdir: str = "out/render"
+    cpu: bool = False                         # onnxruntime's CPU provider even when CUDA is available
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ConfigError("--model is required (an exported .onnx graph or .plan engine)")
+        if not 1 <= self.batch <= 4096:
+            raise ConfigError("--batch must be in 1..4096")
+        from stages.common.seeds import parse_seeds
+
+        parse_seeds(self.seeds)
+
+
+HELP = {
+    "network": "snapshot, official pickle, URL or run folder (G_ema is exported)",
+    "outdir": "output directory",
+    "opset": "ONNX opset, >= 17",
+    "truncation_cutoff": "psi applies to the first N ws only",
+    "fp16": "also write *_fp16.onnx",
+    "simplify": "onnxslim the graphs",
+    "batch_min": "TensorRT profile / Triton batching: smallest batch",
+    "batch_opt": "TensorRT profile: optimal batch",
+    "batch_max": "largest batch (also Triton's max_batch_size)",
+    "engine": "build a TensorRT engine here (needs tensorrt and a CUDA GPU)",
+    "engine_fp16": "TensorRT FP16 kernels",
+    "workspace_mb": "TensorRT workspace pool (MiB)",
+    "parity_batches": "batch sizes of the parity check, e.g. 1,3,8",
+    "parity_psi": "truncation values of the parity check, e.g. 1,0.7",
+    "parity_tol": "fp32 max abs error gate",
+    "triton_name": "model name in the Triton repository",
+    "triton_instance_kind": "KIND_GPU | KIND_CPU",
+    "triton_max_queue_delay_us": "dynamic batching: wait at most this for a fuller batch",
+    "mlflow": "register the serving graph in MLflow with an alias",
+    "registered_model": "MLflow registered model name",
+    "alias": "MLflow alias of the new version",
+    "dry_run": "print the resolved config and exit",
+    "model": ".onnx graph (onnxruntime) or .plan engine (TensorRT)",
+    "seeds": "e.g. 0-7,10",
+    "trunc": "truncation psi (1 = none)",
+    "class_idx": "class index (conditional networks)",
+    "batch": "images per run of the graph",
+    "cpu": "onnxruntime CPU provider even when CUDA is available",
+}

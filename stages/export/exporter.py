@@ -14,16 +14,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import onnx
 import torch
 
+from models import load_generator
+from stages.common.errors import CheckFailed
+from stages.common.fileio import write_json_atomic, write_text_atomic
 from stages.export import onnx_export as ox
 from stages.export.config import ExportConfig
-from stages.export.fileio import write_json_atomic, write_text_atomic
 from stages.export.parity import check_parity, make_inputs, parity_metrics, reference_images
 from stages.export.tensorrt_build import (
     BatchProfile,
@@ -36,18 +37,8 @@ from stages.export.triton import TritonModelConfig, write_model_repository
 log = logging.getLogger("stages.export")
 
 
-class ParityError(RuntimeError):
+class ParityError(CheckFailed):
     """An fp32 graph differs from PyTorch by more than the tolerance (figures in parity.json)."""
-
-
-def load_generator(network: str | os.PathLike) -> torch.nn.Module:
-    from models import load_network
-
-    nets = load_network(str(network))
-    G = nets.get("G_ema") or nets.get("G")
-    if G is None:
-        raise ValueError(f"{network}: holds no generator (G_ema or G)")
-    return G.eval().requires_grad_(False).to("cpu")
 
 
 def _sha256(path: Path) -> str:
@@ -163,16 +154,16 @@ def build_and_check_engine(G: torch.nn.Module, config: ExportConfig, out: Path, 
 def register(config: ExportConfig, G: torch.nn.Module, files: dict[str, Path], summary: dict[str, Any]) -> dict:
     import mlflow
 
-    from stages.common.config import as_flat_dict
+    from stages.common.config import flatten
+    from stages.common.tracking import tracking_uri
     from stages.export.registry import register_generator
 
-    if "MLFLOW_TRACKING_URI" not in os.environ:
-        mlflow.set_tracking_uri("sqlite:///mlflow.db")  # the project's server-less default
+    mlflow.set_tracking_uri(tracking_uri())
     out = Path(config.outdir)
     return register_generator(
         files["generator_uint8"], config.registered_model, alias=config.alias, c_dim=int(G.c_dim),
         metrics={k: v for k, v in summary["parity"].items() if k != "passed"},
-        params=as_flat_dict(config, prefix="export."),
+        params=flatten(config, prefix="export."),
         artifacts=[out / "parity.json", out / "build_engine.sh", out / "model_repository" / config.triton_name
                    / "config.pbtxt"],
     )

@@ -24,7 +24,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from stages.export.fileio import write_bytes_atomic
+from stages.common.errors import CheckFailed
+from stages.common.fileio import write_bytes_atomic
 from stages.export.wrappers import SynthesisForExport, generator_for_export, symbolic_batch_shapes
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ MIN_OPSET = 17
 EXAMPLE_BATCH = 2  # torch.export specialises sizes 0 and 1, so trace with 2
 
 
-class ExportError(RuntimeError):
+class ExportError(CheckFailed):
     """The exporter produced a graph that does not meet the contract (e.g. a fixed batch size)."""
 
 

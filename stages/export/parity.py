@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 import torch
 
+from stages.common.images import nhwc, to_uint8
+
 FP32_TOLERANCE = 1e-3  # max abs error in [-1, 1] image units; measured ~1e-5
 
 
@@ -80,12 +82,6 @@ def reference_ws(G: torch.nn.Module, feeds: dict[str, np.ndarray], truncation_cu
     return ws
 
 
-def to_uint8_nhwc(img: np.ndarray) -> np.ndarray:
-    """The official conversion: (x * 127.5 + 128).clamp(0, 255) -> uint8, NCHW -> NHWC."""
-    t = (torch.from_numpy(img) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
-    return t.permute(0, 2, 3, 1).numpy()
-
-
 def _errors(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
     return {"max_abs_err": float(diff.max()), "mean_abs_err": float(diff.mean()), "psnr_db": psnr(out, ref)}
@@ -124,7 +120,7 @@ def check_parity(
                 run_feeds = {k: v for k, v in feeds.items() if k in input_names}
             out = sess.run(None, run_feeds)[0]
             if "uint8" in name:
-                levels = np.abs(out.astype(np.int16) - to_uint8_nhwc(ref).astype(np.int16))
+                levels = np.abs(out.astype(np.int16) - nhwc(to_uint8(ref)).astype(np.int16))
                 per_batch[str(b)] = {"max_level_diff": int(levels.max()), "shape": list(out.shape)}
             else:
                 per_batch[str(b)] = {**_errors(out, ref), "shape": list(out.shape)}

@@ -15,13 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from stages.common.images import nhwc, save_png, to_uint8
+from stages.common.seeds import seeds_to_z
 from stages.export.parity import ort_session
-from stages.generate.seeds import seeds_to_z
-
-
-def to_uint8_nhwc(img: np.ndarray) -> np.ndarray:
-    """Float NCHW in [-1, 1] -> uint8 NHWC, the official (x * 127.5 + 128).clamp(0, 255) rule."""
-    return np.clip(img * 127.5 + 128, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
 class Renderer:
@@ -82,24 +78,15 @@ class Renderer:
             psi_part = psi if np.ndim(psi) == 0 else list(psi)[i:i + batch]
             cls_part = class_idx if class_idx is None or np.ndim(class_idx) == 0 else list(class_idx)[i:i + batch]
             out = self.run(self.feeds(part, psi_part, cls_part))
-            chunks.append(out if out.dtype == np.uint8 else to_uint8_nhwc(out.astype(np.float32)))
+            chunks.append(out if out.dtype == np.uint8 else nhwc(to_uint8(out)))
         return np.concatenate(chunks)
 
 
 def render_seeds(model: str | os.PathLike, seeds: Sequence[int], outdir: str | os.PathLike, psi: float = 1.0,
                  class_idx: int | None = None, batch: int = 8, providers: Sequence[str] | None = None) -> list[Path]:
     """Write `seed%04d.png` per seed (the official naming) and return the paths."""
-    from PIL import Image
-
     images = Renderer(model, providers).render(seeds, psi, class_idx, batch=batch)
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for seed, img in zip(seeds, images):
-        path = outdir / f"seed{seed:04d}.png"
-        Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).save(path)
-        paths.append(path)
-    return paths
+    return [save_png(img, Path(outdir) / f"seed{seed:04d}.png") for seed, img in zip(seeds, images)]
 
 
 def describe_renderer(r: Renderer) -> dict[str, Any]:

@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from stages.export.fileio import write_bytes_atomic
+from stages.common.errors import EnvironmentFault
+from stages.common.fileio import write_bytes_atomic
 
 Shape = tuple[int, ...]
 
 
-class TensorRTUnavailable(RuntimeError):
+class TensorRTUnavailable(EnvironmentFault):
     """TensorRT or a CUDA GPU is missing on this machine."""
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stages.export.fileio import write_bytes_atomic, write_text_atomic
+from stages.common.fileio import write_bytes_atomic, write_text_atomic
 
 PLATFORMS = {"onnx": "onnxruntime_onnx", "plan": "tensorrt_plan"}
 MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}

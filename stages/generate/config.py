@@ -13,20 +13,23 @@ sub-section wins over the shared values, and flags win over both:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from stages.common.config import ConfigError
+from stages.common.seeds import parse_grid, parse_seeds
 
 NoiseMode = Literal["const", "random", "none"]
 COMMAND_SECTIONS = ("images", "style_mixing", "video", "project")
 
 
 class GenerateError(ConfigError):
-    """A bad argument or an argument that does not fit the network (class out of range, ...): one line, exit 2."""
+    """An argument that does not fit the network (class out of range, ...): one line, exit 2."""
 
 
 @dataclasses.dataclass(frozen=True)
 class CommonConfig:
+    SECTION: ClassVar[str] = "generate"
+
     network: str | None = None          # snapshot (.safetensors), official pickle, or http(s)/file URL
     outdir: str = "out/generate"        # where images/grids/projections are written
     trunc: float = 1.0                  # truncation psi (1 = none), as official default
@@ -35,11 +38,13 @@ class CommonConfig:
     class_idx: int | None = None        # class label for conditional networks
     device: str = "cpu"                 # cpu | cuda | cuda:N | auto (cuda when available)
     batch_size: int = 8                 # images per forward pass
-    mlflow: bool = False                # log the outputs as MLflow artifacts (also on when MLFLOW_RUN_ID is set)
+    mlflow: bool = False                # log the outputs as MLflow artifacts (also SG2_MLFLOW=1)
 
     def __post_init__(self) -> None:
         if self.trunc_cutoff is not None and self.trunc_cutoff < 0:
             raise GenerateError("--trunc-cutoff must be >= 0")
+        if self.batch_size > 4096:
+            raise GenerateError("--batch-size must be <= 4096")
         if self.class_idx is not None and self.class_idx < 0:
             raise GenerateError(f"--class {self.class_idx} is out of range: classes are numbered from 0")
         if self.batch_size < 1:
@@ -55,15 +60,17 @@ class CommonConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ImagesConfig(CommonConfig):
+    # --class on the command line makes a params.yaml `all_classes` step aside (official commands work as is).
+    YIELDS_TO_FLAGS: ClassVar[dict[str, tuple[str, ...]]] = {"class_idx": ("all_classes",)}
+
     seeds: str = "0-7"                  # e.g. 0-35,40 (ranges inclusive)
     projected_w: str | None = None      # render saved ws (.npz with key 'w' [N, num_ws, w_dim]) instead of seeds
-    grid: str | None = None             # ROWSxCOLS: tile the seeds into one grid.png
-    all_classes: bool = False           # one grid row per class (conditional networks)
+    grid: str | None = None             # COLSxROWS: tile the seeds into one grid.png
+    all_classes: bool | None = None     # classes.png, one row per class; None = when the network is conditional
+                                        # and no --class is given
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from stages.generate.seeds import parse_grid, parse_seeds
-
         parse_seeds(self.seeds)
         if self.grid is not None:
             parse_grid(self.grid)
@@ -77,8 +84,6 @@ class StyleMixingConfig(CommonConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from stages.generate.seeds import parse_seeds
-
         parse_seeds(self.rows, "rows")
         parse_seeds(self.cols, "cols")
         parse_seeds(self.styles, "styles")
@@ -87,7 +92,7 @@ class StyleMixingConfig(CommonConfig):
 @dataclasses.dataclass(frozen=True)
 class VideoConfig(CommonConfig):
     seeds: str = "0-31"                 # keyframe seeds, filled grid cell by grid cell: len % (R*C) == 0
-    grid: str = "1x1"                   # ROWSxCOLS of simultaneous interpolations in each frame
+    grid: str = "1x1"                   # COLSxROWS of simultaneous interpolations in each frame (official WxH)
     w_frames: int = 120                 # frames between two keyframes
     kind: Literal["cubic", "linear"] = "cubic"
     loop: bool = True                   # wrap around to the first keyframe (a seamless loop)
@@ -97,14 +102,12 @@ class VideoConfig(CommonConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from stages.generate.seeds import parse_grid, parse_seeds
-
         parse_seeds(self.seeds)
         parse_grid(self.grid)
-        if self.w_frames < 1:
-            raise GenerateError("--w-frames must be >= 1")
-        if self.fps < 1:
-            raise GenerateError("--fps must be >= 1")
+        if not 1 <= self.w_frames <= 100_000:
+            raise GenerateError("--w-frames must be in 1..100000")
+        if not 1 <= self.fps <= 1000:
+            raise GenerateError("--fps must be in 1..1000")
         if not self.output.lower().endswith((".mp4", ".gif")):
             raise GenerateError(f"--output must end in .mp4 or .gif, got {self.output!r}")
 
@@ -128,10 +131,10 @@ class ProjectConfig(CommonConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.num_steps < 1:
-            raise GenerateError("--num-steps must be >= 1")
-        if self.w_avg_samples < 1:
-            raise GenerateError("project.w_avg_samples must be >= 1")
+        if not 1 <= self.num_steps <= 1_000_000:
+            raise GenerateError("--num-steps must be in 1..1000000")
+        if not 1 <= self.w_avg_samples <= 10_000_000:
+            raise GenerateError("project.w_avg_samples must be in 1..10000000")
         if not 0 <= self.seed < 2**32:
             raise GenerateError("--seed must be in [0, 2**32)")
         for name in ("lr_rampdown_length", "lr_rampup_length", "noise_ramp_length"):

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from stages.common.seeds import class_labels
 from stages.generate.config import GenerateError, ProjectConfig
-from stages.generate.seeds import class_labels
 
 LPIPS_SIZE = 256  # VGG16 was trained on 224x224: larger images are area-downsampled to 256 first
 
@@ -164,7 +164,7 @@ def run_projection(
     progress: bool = True,
 ) -> tuple[list[Path], dict[str, float]]:
     """Project `cfg.target`; writes target.png, proj.png, projected_w.npz (and proj.mp4). Returns files, metrics."""
-    from stages.generate.images import save_image
+    from stages.common.images import save_png
 
     if not cfg.target:
         raise GenerateError("--target is required: the image to project")
@@ -188,9 +188,9 @@ def run_projection(
         written.append(path)
     # Rendered with the caller's G and its own noise_const (as official), i.e. the network that
     # `images --projected-w` will use; the optimised noise maps were only a means to fit w.
-    written.append(save_image(target, outdir / "target.png"))
+    written.append(save_png(target, outdir / "target.png"))
     final = ws_steps[-1:]  # [1, num_ws, W]
-    written.append(save_image(synth_uint8(G, final), outdir / "proj.png"))
+    written.append(save_png(synth_uint8(G, final), outdir / "proj.png"))
     np.savez(outdir / "projected_w.npz", w=final.cpu().numpy())
     written.append(outdir / "projected_w.npz")
     return written, {"initial_dist": dists[0], "final_dist": dists[-1]}

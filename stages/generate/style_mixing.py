@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stages.common.images import nhwc, save_png, tile, to_uint8
+from stages.common.seeds import class_labels, parse_seeds, seeds_to_z
 from stages.generate.config import GenerateError, StyleMixingConfig
-from stages.generate.images import images_to_uint8, make_grid, render_ws, save_image
-from stages.generate.seeds import class_labels, parse_seeds, seeds_to_z
+from stages.generate.images import render_ws
 
 
 @torch.no_grad()
@@ -44,16 +45,16 @@ def style_mixing(G: torch.nn.Module, cfg: StyleMixingConfig) -> list[Path]:
         # One column at a time keeps fused-modconv/batch effects identical to the official per-image loop.
         for j, col in enumerate(col_seeds):
             img = G.synthesis(ws[j : j + 1], noise_mode=cfg.noise_mode)
-            mixed[(r, col)] = images_to_uint8(img)[0]
+            mixed[(r, col)] = nhwc(to_uint8(img))[0]
 
     outdir = Path(cfg.outdir)
-    written = [save_image(img, outdir / f"{s}-{s}.png") for s, img in src.items() if (s, s) not in mixed]
-    written += [save_image(img, outdir / f"{r}-{col}.png") for (r, col), img in mixed.items()]
+    written = [save_png(img, outdir / f"{s}-{s}.png") for s, img in src.items() if (s, s) not in mixed]
+    written += [save_png(img, outdir / f"{r}-{col}.png") for (r, col), img in mixed.items()]
 
     blank = np.zeros_like(next(iter(src.values())))
     cells = [blank] + [src[col] for col in col_seeds]
     for r in row_seeds:
         cells += [src[r]] + [mixed[(r, col)] for col in col_seeds]
-    grid = make_grid(np.stack(cells), len(row_seeds) + 1, len(col_seeds) + 1)
-    written.append(save_image(grid, outdir / "grid.png"))
+    grid = tile(np.stack(cells), len(row_seeds) + 1, len(col_seeds) + 1)
+    written.append(save_png(grid, outdir / "grid.png"))
     return written

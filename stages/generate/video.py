@@ -17,9 +17,9 @@ import scipy.interpolate
 import torch
 from tqdm import tqdm
 
+from stages.common.images import nhwc, tile, to_uint8
+from stages.common.seeds import class_labels, parse_grid, parse_seeds, seeds_to_z
 from stages.generate.config import GenerateError, VideoConfig
-from stages.generate.images import images_to_uint8, make_grid
-from stages.generate.seeds import class_labels, parse_grid, parse_seeds, seeds_to_z
 
 
 def num_frames(num_keyframes: int, w_frames: int, loop: bool) -> int:
@@ -83,10 +83,10 @@ class _Writer:
 def render_video(G: torch.nn.Module, cfg: VideoConfig, progress: bool = True) -> list[Path]:
     """Write the interpolation video to `cfg.output`; returns [path]."""
     seeds = parse_seeds(cfg.seeds)
-    rows, cols = parse_grid(cfg.grid)
+    cols, rows = parse_grid(cfg.grid)  # official W x H
     cells = rows * cols
     if len(seeds) % cells != 0:
-        raise GenerateError(f"--seeds: {len(seeds)} seeds do not fill a {rows}x{cols} grid evenly "
+        raise GenerateError(f"--seeds: {len(seeds)} seeds do not fill a {cols}x{rows} grid evenly "
                             f"(need a multiple of {cells})")
     k = len(seeds) // cells
     device = next(G.parameters()).device
@@ -105,9 +105,9 @@ def render_video(G: torch.nn.Module, cfg: VideoConfig, progress: bool = True) ->
         for frame_idx in tqdm(range(total), desc=f"video {out.name}", unit="frame", disable=not progress):
             t = frame_idx / cfg.w_frames
             w = torch.from_numpy(np.stack([f(t) for f in interps])).to(device=device, dtype=torch.float32)
-            imgs = [images_to_uint8(G.synthesis(w[s : s + cfg.batch_size], noise_mode=cfg.noise_mode))
+            imgs = [nhwc(to_uint8(G.synthesis(w[s : s + cfg.batch_size], noise_mode=cfg.noise_mode)))
                     for s in range(0, cells, cfg.batch_size)]
-            writer.append(make_grid(np.concatenate(imgs), rows, cols))
+            writer.append(tile(np.concatenate(imgs), rows, cols))
     finally:
         writer.close()
     return [out]

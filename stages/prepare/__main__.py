@@ -1,3 +1,3 @@
-from stages.prepare.conversion import main
+from stages.prepare.cli import main
 
 raise SystemExit(main())

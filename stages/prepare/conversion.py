@@ -1,34 +1,10 @@
-"""prepare: convert raw images into the official StyleGAN2-ADA dataset archive.
-
-    python -m stages.prepare --source data/raw/cats --dest data/datasets/cats.zip \\
-        --transform center-crop --width 256 --height 256
-
-Flags match the official ``dataset_tool.py`` (``--source --dest --max-images --transform --width
---height --resize-filter``) and the output is its format: an uncompressed ZIP (or folder) of PNGs
-``00000/img00000000.png`` (1000 per folder) plus ``dataset.json`` with ``{"labels": [[name, int],
-...]}`` or ``{"labels": null}``. Clean inputs give the same pixels and labels as the official tool.
-
-What differs, on purpose:
-
-* Bad inputs (corrupt, truncated, empty, not an image, decompression bombs, too small, of another
-  size, unlabelled in a labelled set) are skipped and listed with their reason in
-  ``<dest>.report.json`` instead of aborting or being silently dropped; ``--on-error fail`` makes
-  any of them fatal. Pixel-format conversions (alpha, palette, CMYK, 16-bit, EXIF rotation, gray
-  in an RGB set) follow the rules in ``stages/prepare/image_ops.py`` and are listed as ``fixed``.
-* Output names are consecutive over the images actually written (the official tool leaves gaps
-  where its wide crop drops an image), and ``--max-images`` counts written images.
-* Channel count (``channels: 0``): colour wins - if any image is colour the dataset is RGB and
-  grayscale images are replicated to 3 channels; only an all-grayscale source gives a 1-channel
-  dataset. Resolution without ``--width/--height``: the first usable image fixes it, images of
-  another size are skipped (``size_mismatch``), and it must be a square power of two.
-* The destination is written atomically and the ZIP is byte-for-byte reproducible.
-* Decode, crop, resize and PNG encoding run in ``--workers`` processes over a bounded window, so
-  memory does not grow with the dataset.
+"""The conversion engine of `prepare`: a bounded pool of decode/encode workers, one or two passes over
+the source (a colour image after grayscale ones restarts the pass as RGB), the atomic destination and
+the report. See `stages.prepare.cli` for what differs from the official `dataset_tool.py`.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import json
@@ -40,137 +16,22 @@ import time
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from stages.common.config import ConfigError, add_params_argument, config_from_args
+from stages.common.dataset import geometry_problem
+from stages.common.errors import one_line
+from stages.common.fileio import write_json_atomic
 from stages.prepare import image_ops
-from stages.prepare.destination import archive_name, open_destination, write_atomic_text
-from stages.prepare.sources import Source, SourceError, Task, open_source
+from stages.prepare.config import PrepareConfig
+from stages.prepare.destination import archive_name, check_replaceable, open_destination
+from stages.prepare.report import PrepareError, Report
+from stages.prepare.sources import Source, Task, open_source
 
 log = logging.getLogger("stages.prepare")
-
-FATAL_SEVERITIES = ("skip",)  # "fixed" and "ignored" issues never stop a run, even with on_error=fail
-MAX_LISTED_FIXES = 1000  # per reason; skipped inputs are always listed in full
-
-
-@dataclasses.dataclass(frozen=True)
-class PrepareConfig:
-    source: str = ""  # image folder, .zip, LMDB directory, or cifar-10/100-python.tar.gz
-    dest: str = ""  # output .zip (or folder)
-    max_images: int | None = None  # stop after this many images are written
-    transform: Literal["center-crop", "center-crop-wide"] | None = None
-    width: int | None = None  # output width
-    height: int | None = None  # output height
-    resize_filter: Literal["box", "lanczos"] = "lanczos"
-    channels: int = 0  # 0 = auto (colour wins), 1 = grayscale, 3 = RGB
-    too_small: Literal["upscale", "skip"] = "upscale"  # upscale = official behaviour, reported as fixed
-    alpha_background: Literal["white", "black"] = "white"  # what transparent pixels become
-    exif_transpose: bool = True  # apply EXIF orientation (the official tool does not)
-    max_pixels: int = image_ops.PIL_BOMB_LIMIT  # larger headers are refused before decoding
-    compress_level: int = 0  # PNG deflate level; 0 = uncompressed, as the official tool
-    workers: int = 0  # decode/encode processes; 0 = all cores
-    chunk_size: int = 0  # images per worker task; 0 = auto
-    on_error: Literal["skip", "fail"] = "skip"  # fail = any skipped input aborts the run
-    progress: bool = True  # tqdm bar on stderr (auto-off when not a terminal)
-
-    def __post_init__(self) -> None:
-        if not self.source:
-            raise ConfigError("prepare.source is required")
-        if not self.dest:
-            raise ConfigError("prepare.dest is required")
-        if self.max_images is not None and self.max_images <= 0:
-            raise ConfigError("prepare.max_images must be positive")
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"prepare.{name} must be positive")
-        if self.transform is not None and (self.width is None or self.height is None):
-            raise ConfigError(f"prepare: --transform {self.transform} needs both --width and --height")
-        out = self.output_side
-        if out is not None and (out & (out - 1)) != 0:
-            raise ConfigError(f"prepare: output resolution {out} must be a power of two")
-        if self.transform in (None, "center-crop") and self.width and self.height and self.width != self.height:
-            raise ConfigError(f"prepare: output must be square, got --width {self.width} --height {self.height}")
-        if self.transform == "center-crop-wide" and self.height > self.width:  # type: ignore[operator]
-            raise ConfigError("prepare: center-crop-wide needs --height <= --width")
-        if self.channels not in (0, 1, 3):
-            raise ConfigError("prepare.channels must be 0 (auto), 1 or 3")
-        if not 0 <= self.compress_level <= 9:
-            raise ConfigError("prepare.compress_level must be in 0..9")
-        if self.workers < 0 or self.chunk_size < 0:
-            raise ConfigError("prepare.workers and prepare.chunk_size must be >= 0")
-        if self.max_pixels <= 0:
-            raise ConfigError("prepare.max_pixels must be positive")
-
-    @property
-    def output_side(self) -> int | None:
-        """Side of the square output when the flags fix it, else None (decided by the first image)."""
-        if self.transform is not None:
-            return self.width
-        if self.width is not None and self.height is not None:
-            return self.width
-        return None
-
-    def image_spec(self, channels: int | None = None) -> image_ops.ImageSpec:
-        return image_ops.ImageSpec(
-            transform=self.transform,
-            width=self.width,
-            height=self.height,
-            resize_filter=self.resize_filter,
-            channels=self.channels if channels is None else channels,
-            too_small=self.too_small,
-            exif_transpose=self.exif_transpose,
-            background=255 if self.alpha_background == "white" else 0,
-            max_pixels=self.max_pixels,
-            compress_level=self.compress_level,
-        )
-
-
-class PrepareError(RuntimeError):
-    """The run cannot produce a dataset (empty result, --on-error fail, unreconcilable inputs)."""
 
 
 class _ColourFound(Exception):
     """A colour image arrived after grayscale ones were written: redo the pass as RGB."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Report
-
-
-class Report:
-    """Counts and names of every input that was skipped, fixed or ignored, by reason."""
-
-    def __init__(self, on_error: str) -> None:
-        self.on_error = on_error
-        severities = ("skip", "fixed", "ignored")
-        self.counts: dict[str, collections.Counter[str]] = {s: collections.Counter() for s in severities}
-        self.items: dict[str, dict[str, list[dict[str, str]]]] = {s: {} for s in self.counts}
-        self.images_fixed = 0
-
-    def issue(self, reason: str, name: str, detail: str, severity: str) -> None:
-        self.counts[severity][reason] += 1
-        listed = self.items[severity].setdefault(reason, [])
-        if severity != "fixed" or len(listed) < MAX_LISTED_FIXES:
-            listed.append({"name": name, "detail": detail})
-        log.debug("%s %s: %s %s", severity, reason, name, detail)
-        if severity in FATAL_SEVERITIES and self.on_error == "fail":
-            raise PrepareError(f"{reason}: {name}: {detail} (--on-error fail)")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "num_skipped": sum(self.counts["skip"].values()),
-            "num_fixed": self.images_fixed,
-            "num_ignored": sum(self.counts["ignored"].values()),
-            "skipped": dict(sorted(self.counts["skip"].items())),
-            "fixed": dict(sorted(self.counts["fixed"].items())),
-            "ignored": dict(sorted(self.counts["ignored"].items())),
-            "items": {
-                "skipped": dict(sorted(self.items["skip"].items())),
-                "fixed": dict(sorted(self.items["fixed"].items())),
-                "ignored": dict(sorted(self.items["ignored"].items())),
-            },
-        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,10 +110,6 @@ def _ordered_map(
 # The conversion
 
 
-def _is_pow2(n: int) -> bool:
-    return n > 0 and (n & (n - 1)) == 0
-
-
 def _run_pass(config: PrepareConfig, source: Source, channels: int, report: Report, workers: int) -> dict[str, Any]:
     """One pass over the source into a fresh temporary destination; commits only on success."""
     from tqdm import tqdm
@@ -276,14 +133,9 @@ def _run_pass(config: PrepareConfig, source: Source, channels: int, report: Repo
                     continue
                 size = (result.width, result.height)
                 if target is None:
-                    if result.width != result.height or not _is_pow2(result.width):
-                        report.issue(
-                            "bad_resolution",
-                            task.name,
-                            f"{result.width}x{result.height} is not a square power of two; "
-                            "use --width/--height or --transform",
-                            "skip",
-                        )
+                    problem = geometry_problem(result.channels, result.height, result.width)
+                    if problem is not None:
+                        report.issue("bad_resolution", task.name, problem, "skip")
                         continue
                     target = size
                 elif size != target:
@@ -332,23 +184,31 @@ def _run_pass(config: PrepareConfig, source: Source, channels: int, report: Repo
     }
 
 
-def _report_path(dest: str) -> Path:
+def report_path(dest: str) -> Path:
+    """The report beside a dataset: it always describes the dataset that is there."""
     return Path(str(Path(dest)) + ".report.json")
 
 
-def _log_path(dest: str) -> Path:
+def failed_report_path(dest: str) -> Path:
+    """Where a failed run's report goes, so the report beside an earlier dataset keeps describing it."""
+    return Path(str(Path(dest)) + ".report.failed.json")
+
+
+def log_path(dest: str) -> Path:
     return Path(str(Path(dest)) + ".log")
 
 
 def prepare_dataset(config: PrepareConfig) -> dict[str, Any]:
-    """Convert ``config.source`` into ``config.dest``; returns the summary also written to the report.
+    """Convert `config.source` into `config.dest`; returns the summary also written to the report.
 
-    Raises SourceError (unreadable source), PrepareError (nothing usable, or --on-error fail) or
-    ConfigError. The destination is untouched unless the whole conversion succeeds.
+    Raises SourceError (unreadable source), PrepareError (nothing usable, --on-error fail),
+    ConfigError, or OSError (disk full, read-only). The destination is untouched unless the whole
+    conversion succeeds; `<dest>.log` is appended to, so earlier runs' logs are kept.
     """
     workers = config.workers or len(os.sched_getaffinity(0))
+    check_replaceable(config.dest)
     Path(config.dest).parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(_log_path(config.dest), mode="w", encoding="utf-8")
+    handler = logging.FileHandler(log_path(config.dest), mode="a", encoding="utf-8")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
@@ -379,87 +239,24 @@ def prepare_dataset(config: PrepareConfig) -> dict[str, Any]:
                 channels, restarts = 3, restarts + 1
                 report = Report(config.on_error)
         summary.update(result, status="ok", restarts=restarts)
-    except (PrepareError, SourceError, ConfigError, FileExistsError) as exc:
-        summary["error"] = str(exc)
-        log.info("error: %s", exc)  # main() prints it once; the log file keeps it too
+    except BaseException as exc:
+        summary["error"] = one_line(exc) if not isinstance(exc, KeyboardInterrupt) else "interrupted"
+        log.info("error: %s", summary["error"])  # the command prints it once; the log keeps it too
         raise
     finally:
         seconds = time.perf_counter() - started
         summary.update(report.as_dict())
         summary["seconds"] = round(seconds, 3)
         summary["images_per_second"] = round(summary.get("num_written", 0) / max(seconds, 1e-9), 2)
-        write_atomic_text(_report_path(config.dest), json.dumps(summary, indent=2) + "\n")
-        log.info(
-            "%s: %s written, %s skipped %s, %s fixed %s, %.1f s",
-            summary["status"],
-            summary.get("num_written", 0),
-            summary["num_skipped"],
-            summary["skipped"],
-            summary["num_fixed"],
-            summary["fixed"],
-            seconds,
-        )
+        where = report_path(config.dest) if summary["status"] == "ok" else failed_report_path(config.dest)
+        try:
+            write_json_atomic(where, summary)
+        except OSError as exc:  # e.g. the disk that filled up: the original error matters more
+            log.warning("could not write %s: %s", where, one_line(exc))
+        log.info("%s: %s written, %s skipped %s, %s fixed %s, %.1f s", summary["status"],
+                 summary.get("num_written", 0), summary["num_skipped"], summary["skipped"], summary["num_fixed"],
+                 summary["fixed"], seconds)
         log.removeHandler(handler)
         handler.close()
         log.setLevel(previous_level)
     return summary
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-
-_FIELDS = [f.name for f in dataclasses.fields(PrepareConfig)]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m stages.prepare",
-        description="Convert images (folder, ZIP, LMDB, CIFAR-10/100 tarball) into a StyleGAN2-ADA dataset ZIP.",
-    )
-    add_params_argument(p)
-    p.add_argument("--source", help="input folder, .zip, LMDB dir, or cifar-10-python.tar.gz")
-    p.add_argument("--dest", help="output .zip or folder")
-    p.add_argument("--max-images", dest="max_images", type=int, help="stop after this many images are written")
-    p.add_argument("--transform", choices=["center-crop", "center-crop-wide"], help="crop mode")
-    p.add_argument("--width", type=int, help="output width")
-    p.add_argument("--height", type=int, help="output height")
-    p.add_argument("--resize-filter", dest="resize_filter", choices=["box", "lanczos"], help="default lanczos")
-    p.add_argument("--channels", type=int, choices=[0, 1, 3], help="0 = auto (colour wins), 1, or 3")
-    p.add_argument("--too-small", dest="too_small", choices=["upscale", "skip"], help="default upscale")
-    p.add_argument("--alpha-background", dest="alpha_background", choices=["white", "black"])
-    p.add_argument("--exif-transpose", dest="exif_transpose", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--max-pixels", dest="max_pixels", type=int, help="refuse larger images (bomb guard)")
-    p.add_argument("--compress-level", dest="compress_level", type=int, help="PNG deflate level 0..9 (default 0)")
-    p.add_argument("--workers", type=int, help="worker processes, 0 = all cores")
-    p.add_argument("--chunk-size", dest="chunk_size", type=int, help="images per worker task, 0 = auto")
-    p.add_argument("--on-error", dest="on_error", choices=["skip", "fail"], help="default skip")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.WARNING)  # per-image lines and the run summary go to <dest>.log
-    console.setFormatter(logging.Formatter("%(message)s"))
-    logging.getLogger().addHandler(console)
-    try:
-        config = config_from_args(PrepareConfig, "prepare", args, _FIELDS)
-        summary = prepare_dataset(config)
-    except (ConfigError, SourceError, FileExistsError) as exc:
-        print(f"prepare: error: {exc}", file=sys.stderr)
-        return 2
-    except PrepareError as exc:
-        print(f"prepare: error: {exc}", file=sys.stderr)
-        return 1
-    rate = summary["images_per_second"]
-    print(
-        f"wrote {summary['num_written']} images {summary['resolution']}x{summary['resolution']}x{summary['channels']}"
-        f" to {config.dest} ({summary['num_skipped']} skipped, {summary['num_fixed']} fixed;"
-        f" {rate:.1f} img/s); report: {_report_path(config.dest)}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -18,7 +18,15 @@ import shutil
 import zipfile
 from pathlib import Path
 
+from stages.common.dataset import LABELS_FILE
+from stages.common.errors import BadInput
+from stages.common.fileio import fsync_dir
+
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # earliest DOS timestamp: fixed so archives are reproducible
+
+
+class DestinationError(BadInput):
+    """--dest names something this project did not write."""
 
 
 def archive_name(index: int) -> str:
@@ -58,15 +66,6 @@ def remove_stale_temps(dest: Path) -> list[str]:
             entry.unlink(missing_ok=True)
         removed.append(entry.name)
     return removed
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsync'd
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class Destination:
@@ -117,7 +116,7 @@ class ZipDestination(Destination):
         os.fsync(self._fh.fileno())
         self._fh.close()
         os.replace(self.tmp, self.dest)
-        _fsync_dir(self.dest.parent)
+        fsync_dir(self.dest.parent)
 
     def abort(self) -> None:
         if self._zf is not None:
@@ -133,9 +132,7 @@ class FolderDestination(Destination):
     """Folder output; an existing destination must be empty or a previous dataset (has dataset.json)."""
 
     def __init__(self, dest: str | os.PathLike) -> None:
-        dest = Path(dest)
-        if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not (dest / "dataset.json").is_file())):
-            raise FileExistsError(f"--dest {dest} exists and is not an empty folder or a previous dataset")
+        check_replaceable(dest)
         super().__init__(dest)
         self.tmp.mkdir()
 
@@ -149,7 +146,7 @@ class FolderDestination(Destination):
 
     def commit(self) -> None:
         for sub in [p for p in self.tmp.rglob("*") if p.is_dir()]:
-            _fsync_dir(sub)
+            fsync_dir(sub)
         old = None
         if self.dest.exists():
             # Directories cannot be swapped atomically; move the old one aside first so the
@@ -157,7 +154,7 @@ class FolderDestination(Destination):
             old = self.dest.parent / f"{_tmp_prefix(self.dest)}{os.getpid()}-old"
             os.rename(self.dest, old)
         os.rename(self.tmp, self.dest)
-        _fsync_dir(self.dest.parent)
+        fsync_dir(self.dest.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -165,20 +162,23 @@ class FolderDestination(Destination):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def check_replaceable(dest: str | os.PathLike) -> None:
+    """Refuse a destination that holds something other than a dataset: we never replace a user's file."""
+    dest = Path(dest)
+    if not dest.exists() and not dest.is_symlink():
+        return
+    if str(dest).lower().endswith(".zip"):
+        if dest.is_file() and zipfile.is_zipfile(dest):
+            with contextlib.suppress(zipfile.BadZipFile, OSError), zipfile.ZipFile(dest) as zf:
+                if LABELS_FILE in zf.namelist():
+                    return
+        raise DestinationError(f"--dest {dest} exists and is not a dataset ZIP (no {LABELS_FILE}); it is not "
+                               "replaced: choose another --dest or move it away")
+    if dest.is_dir() and (not any(dest.iterdir()) or (dest / LABELS_FILE).is_file()):
+        return
+    raise DestinationError(f"--dest {dest} exists and is not an empty folder or a dataset; it is not replaced: "
+                           "choose another --dest or move it away")
+
+
 def open_destination(dest: str | os.PathLike) -> Destination:
     return ZipDestination(dest) if str(dest).lower().endswith(".zip") else FolderDestination(dest)
-
-
-def write_atomic_text(path: str | os.PathLike, text: str) -> None:
-    """Small text files (reports, metrics) by the same temp-fsync-replace rule."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

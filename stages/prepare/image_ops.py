@@ -25,29 +25,20 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 import warnings
-import zipfile
 from typing import Any, Literal
 
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
+from stages.common.dataset import ArchiveReader, DatasetError
 from stages.prepare.png import encode_png
 
-PIL.Image.init()
-IMAGE_EXTENSIONS = frozenset(PIL.Image.EXTENSION)  # same selection rule as the official tool
 RESAMPLE = {"box": PIL.Image.Resampling.BOX, "lanczos": PIL.Image.Resampling.LANCZOS}
 PIL_BOMB_LIMIT = 2 * 89_478_485  # Pillow's own DecompressionBombError threshold
 
 _EXIF_ORIENTATION = 0x0112
-
-
-def is_image_name(name: str) -> bool:
-    """True when the file extension is one Pillow registers (the official selection rule)."""
-    dot = name.rfind(".")
-    return dot >= 0 and name[dot:].lower() in IMAGE_EXTENSIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,15 +75,8 @@ class ImageResult:
     notes: list[str]  # conversions applied, e.g. ["alpha_composited", "upscaled"]
 
 
-# Worker-local cache of open ZIP sources: a ZipFile handle must not be shared across fork().
-_ZIP_HANDLES: dict[str, tuple[int, zipfile.ZipFile]] = {}
-
-
-def _zip_member_bytes(zip_path: str, member: str) -> bytes:
-    cached = _ZIP_HANDLES.get(zip_path)
-    if cached is None or cached[0] != os.getpid():
-        _ZIP_HANDLES[zip_path] = cached = (os.getpid(), zipfile.ZipFile(zip_path))
-    return cached[1].read(member)
+# Worker-local readers of ZIP sources (ArchiveReader re-opens after fork by itself).
+_ZIP_READERS: dict[str, ArchiveReader] = {}
 
 
 def read_payload(kind: str, payload: Any) -> bytes | np.ndarray:
@@ -101,7 +85,9 @@ def read_payload(kind: str, payload: Any) -> bytes | np.ndarray:
         with open(payload, "rb") as fh:
             return fh.read()
     if kind == "zip":
-        return _zip_member_bytes(*payload)
+        zip_path, member = payload
+        reader = _ZIP_READERS.get(zip_path) or _ZIP_READERS.setdefault(zip_path, ArchiveReader(zip_path))
+        return reader.read(member)
     if kind in ("bytes", "array"):
         return payload
     raise ValueError(f"unknown payload kind {kind!r}")
@@ -230,7 +216,7 @@ def process(kind: str, payload: Any, spec: ImageSpec) -> ImageResult:
     notes: list[str] = []
     try:
         data = read_payload(kind, payload)
-    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+    except (OSError, KeyError, DatasetError) as exc:
         raise ImageSkip("unreadable", f"{type(exc).__name__}: {exc}") from None
     if isinstance(data, np.ndarray):
         img = PIL.Image.fromarray(data, "RGB" if data.ndim == 3 else "L")

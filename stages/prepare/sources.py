@@ -18,24 +18,22 @@ Kinds and how they are recognised:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pickle
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stages.prepare.image_ops import is_image_name
-
-LABELS_FILE = "dataset.json"
+from stages.common.dataset import LABELS_FILE, ArchiveReader, DatasetError, is_image_name, label_problem, parse_labels
 
 
-class SourceError(ValueError):
-    """The source as a whole cannot be read (missing, unknown kind, malformed labels file)."""
+class SourceError(DatasetError):
+    """The source as a whole cannot be read (missing, unknown kind, malformed labels file, broken archive)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,16 +72,24 @@ def detect_kind(path: str) -> str:
     if p.suffix.lower() == ".zip" or zipfile.is_zipfile(p):
         return "zip"
     if p.name.endswith((".tar.gz", ".tgz", ".tar")):
-        with tarfile.open(p) as tar:
-            for member in tar:
-                if member.name.startswith("cifar-10-batches-py/"):
-                    return "cifar10"
-                if member.name.startswith("cifar-100-python/"):
-                    return "cifar100"
+        try:
+            return _tar_kind(p)
+        except (tarfile.TarError, EOFError, zlib.error) as exc:
+            raise SourceError(f"{path}: truncated or corrupt archive ({type(exc).__name__}: {exc})") from None
     raise SourceError(
         f"unknown source kind: {path} (expected an image folder, a .zip, an LMDB directory "
         "with data.mdb, or cifar-10-python.tar.gz / cifar-100-python.tar.gz)"
     )
+
+
+def _tar_kind(p: Path) -> str:
+    with tarfile.open(p) as tar:
+        for member in tar:
+            if member.name.startswith("cifar-10-batches-py/"):
+                return "cifar10"
+            if member.name.startswith("cifar-100-python/"):
+                return "cifar100"
+    raise SourceError(f"{p}: a tar archive without cifar-10-batches-py/ or cifar-100-python/")
 
 
 def open_source(path: str) -> Source:
@@ -93,27 +99,6 @@ def open_source(path: str) -> Source:
 
 # ---------------------------------------------------------------------------------------------
 # Labels shared by folder and ZIP sources.
-
-
-def parse_labels(text: str, where: str) -> dict[str, Any] | None:
-    """Parse ``{"labels": [[name, label], ...] | null}``; a malformed file is a SourceError."""
-    try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SourceError(f"{where}: malformed JSON: {exc}") from None
-    if not isinstance(meta, dict) or "labels" not in meta:
-        raise SourceError(f'{where}: expected an object with a "labels" key')
-    entries = meta["labels"]
-    if entries is None:
-        return None
-    if not isinstance(entries, list):
-        raise SourceError(f'{where}: "labels" must be a list of [name, label] pairs or null')
-    labels: dict[str, Any] = {}
-    for i, entry in enumerate(entries):
-        if not (isinstance(entry, list | tuple) and len(entry) == 2 and isinstance(entry[0], str)):
-            raise SourceError(f"{where}: labels[{i}] is not a [name, label] pair: {entry!r}")
-        labels[entry[0]] = entry[1]
-    return labels
 
 
 def _label_tasks(
@@ -133,8 +118,9 @@ def _label_tasks(
                 issues("missing_label", name, "labelled dataset but no entry in dataset.json", "skip")
                 continue
             value = labels[name]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                issues("bad_label", name, f"label must be a non-negative integer, got {value!r}", "skip")
+            problem = label_problem(value)
+            if problem is not None:
+                issues("bad_label", name, problem, "skip")
                 continue
             label = value
         yield make(name, label)
@@ -156,7 +142,7 @@ def _folder(path: str, kind: str) -> Source:
     others = [f for f in files if not is_image_name(f) and f != LABELS_FILE]
     labels = None
     if (root / LABELS_FILE).is_file():
-        labels = parse_labels((root / LABELS_FILE).read_text(encoding="utf-8"), str(root / LABELS_FILE))
+        labels = parse_labels((root / LABELS_FILE).read_bytes(), str(root / LABELS_FILE))
 
     def tasks(issues: IssueSink) -> Iterator[Task]:
         for name in others:
@@ -167,17 +153,12 @@ def _folder(path: str, kind: str) -> Source:
 
 
 def _zip(path: str, kind: str) -> Source:
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = sorted(zf.namelist())
-            labels = None
-            if LABELS_FILE in names:
-                labels = parse_labels(zf.read(LABELS_FILE).decode("utf-8"), f"{path}:{LABELS_FILE}")
-    except zipfile.BadZipFile as exc:
-        raise SourceError(f"{path}: not a readable ZIP ({exc})") from None
-    files = [n for n in names if not n.endswith("/")]
-    images = [n for n in files if is_image_name(n)]
-    others = [n for n in files if not is_image_name(n) and n != LABELS_FILE]
+    reader = ArchiveReader(path)
+    names = reader.names()
+    labels = parse_labels(reader.read(LABELS_FILE), f"{path}:{LABELS_FILE}") if LABELS_FILE in names else None
+    reader.close()
+    images = [n for n in names if is_image_name(n)]
+    others = [n for n in names if not is_image_name(n) and n != LABELS_FILE]
     zpath = os.path.abspath(path)
 
     def tasks(issues: IssueSink) -> Iterator[Task]:
@@ -258,26 +239,37 @@ def _cifar(path: str, kind: str) -> Source:
         label_key, per_batch, num_classes = "fine_labels", 50000, 100
 
     def tasks(issues: IssueSink) -> Iterator[Task]:
-        with tarfile.open(path, "r:*") as tar:
-            for member in members:
-                try:
-                    fh = tar.extractfile(member)
-                except KeyError:
-                    raise SourceError(f"{path}: missing {member}") from None
-                if fh is None:
-                    raise SourceError(f"{path}: {member} is not a file")
-                with fh:
-                    batch = load_cifar_batch(fh)
-                data = np.asarray(batch.get("data"))
-                labels = np.asarray(batch.get(label_key))
-                if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-                    raise SourceError(f"{path}:{member}: expected uint8 data [N, 3072] and N labels")
-                if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-                    raise SourceError(f"{path}:{member}: labels outside 0..{num_classes - 1}")
-                images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # [N, C, H, W] -> [N, H, W, C]
-                base = member.rsplit("/", 1)[1]
-                for i in range(len(images)):
-                    yield Task(f"{base}[{i}]", "array", np.ascontiguousarray(images[i]), int(labels[i]))
-                del batch, data, images
+        try:
+            yield from _cifar_tasks(path, members, label_key, num_classes)
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise  # disk/permission problems keep their own exit code
+            raise SourceError(f"{path}: truncated or corrupt archive ({type(exc).__name__}: {exc})") from None
+        except pickle.UnpicklingError as exc:
+            raise SourceError(f"{path}: refused to unpickle a CIFAR batch ({exc})") from None
 
     return Source(kind, path, per_batch * len(members), True, tasks)
+
+
+def _cifar_tasks(path: str, members: list[str], label_key: str, num_classes: int) -> Iterator[Task]:
+    with tarfile.open(path, "r:*") as tar:
+        for member in members:
+            try:
+                fh = tar.extractfile(member)
+            except KeyError:
+                raise SourceError(f"{path}: missing {member}") from None
+            if fh is None:
+                raise SourceError(f"{path}: {member} is not a file")
+            with fh:
+                batch = load_cifar_batch(fh)
+            data = np.asarray(batch.get("data"))
+            labels = np.asarray(batch.get(label_key))
+            if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+                raise SourceError(f"{path}:{member}: expected uint8 data [N, 3072] and N labels")
+            if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+                raise SourceError(f"{path}:{member}: labels outside 0..{num_classes - 1}")
+            images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # [N, C, H, W] -> [N, H, W, C]
+            base = member.rsplit("/", 1)[1]
+            for i in range(len(images)):
+                yield Task(f"{base}[{i}]", "array", np.ascontiguousarray(images[i]), int(labels[i]))
+            del batch, data, images

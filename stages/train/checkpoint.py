@@ -20,11 +20,15 @@ import random
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from stages.common.errors import BadInput
+from stages.common.fileio import fsync_dir
 
 CKPT_DIR = "checkpoints"
 COMMIT = "COMMIT"
@@ -34,8 +38,12 @@ _NAME_RE = re.compile(r"^ckpt-(\d+\.\d{3})$")
 FREE_SPACE_MARGIN = 1.5  # require this multiple of the estimated size to be free before writing
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or does not fit the run it is loaded into."""
+class CheckpointError(BadInput):
+    """A checkpoint cannot be used for this run (incomplete, corrupt, other options), or could not be written."""
+
+
+class OptionsMismatchError(CheckpointError):
+    """The checkpoint belongs to a run with other options (names the differences)."""
 
 
 class CorruptCheckpointError(CheckpointError):
@@ -44,17 +52,6 @@ class CorruptCheckpointError(CheckpointError):
 
 def checkpoint_name(cur_nimg: int) -> str:
     return f"ckpt-{cur_nimg / 1000:09.3f}"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems do not allow opening a directory
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -180,11 +177,11 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any], cur_nimg:
         _write_file(tmp / META, json.dumps(dict(meta, cur_nimg=cur_nimg, saved_at=time.time()), indent=2).encode())
         # The marker is the last file written: without it the folder is never considered.
         _write_file(tmp / COMMIT, json.dumps({"sha256": digest.hexdigest(), "size": size}).encode())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # an incomplete leftover of a crashed attempt at the same step
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"writing checkpoint {final} failed ({type(exc).__name__}: {exc}); "
@@ -222,7 +219,7 @@ def set_aside_newer(run_dir: str | os.PathLike, restored: str | os.PathLike) -> 
     dest.mkdir(parents=True, exist_ok=True)
     for p in newer:
         os.replace(p, dest / p.name)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     return dest
 
 
@@ -250,8 +247,20 @@ def share_mean(saved: Any, rank: int, world: int) -> torch.Tensor:
     return parts[rank] if len(parts) == world else torch.stack(list(parts)).mean()
 
 
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The human-readable summary of a checkpoint ({} when it cannot be read)."""
+    try:
+        meta = json.loads((Path(path) / META).read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(state, meta) of a complete checkpoint; `verify` re-checks the sha256 recorded in COMMIT."""
+    """(state, meta) of a complete checkpoint; `verify` re-checks the sha256 recorded in COMMIT.
+
+    A file that fails the checksum, holds a global the safe loader refuses, or does not parse is a
+    `CorruptCheckpointError` (so `load_newest_intact` can fall back to an older one)."""
     path = Path(path)
     if not is_complete(path):
         raise CheckpointError(f"{path}: not a complete checkpoint (no {COMMIT} marker or truncated {STATE})")
@@ -263,25 +272,38 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> tuple[dict[
                 digest.update(chunk)
         if digest.hexdigest() != marker["sha256"]:
             raise CorruptCheckpointError(f"{path / STATE}: checksum does not match {COMMIT}; the file is corrupt")
-    state = torch.load(path / STATE, map_location="cpu", weights_only=True)
-    meta = json.loads((path / META).read_text())
+    try:
+        state = torch.load(path / STATE, map_location="cpu", weights_only=True)
+        meta = json.loads((path / META).read_text())
+    except Exception as exc:  # weights_only refusals (UnpicklingError), truncation, bad JSON: all unusable
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise CorruptCheckpointError(f"{path}: cannot be loaded safely ({type(exc).__name__}: {first})") from None
+    if not isinstance(state, dict) or not isinstance(meta, dict):
+        raise CorruptCheckpointError(f"{path}: not a training checkpoint of this project")
     return state, meta
 
 
-def load_newest_intact(run_dir: str | os.PathLike, newest: str | os.PathLike
-                       ) -> tuple[Path, dict[str, Any], dict[str, Any], list[str]]:
-    """Load `newest`, or when it is corrupt (bit rot, a disk that lied about fsync) the newest older
-    complete checkpoint that is intact. Returns (path, state, meta, [reasons for skipped ones])."""
+def load_newest_intact(
+    run_dir: str | os.PathLike,
+    newest: str | os.PathLike,
+    apply: Callable[[Path, dict[str, Any], dict[str, Any]], None],
+) -> tuple[Path, dict[str, Any], list[str]]:
+    """Load `newest` and `apply(path, state, meta)` it; when either fails (bit rot, a disk that lied about
+    fsync, a refused global, tensors of other shapes) try the next older complete checkpoint.
+    Returns (path, meta, [reasons for the skipped ones]). `OptionsMismatchError` is not a fallback case."""
     newest = Path(newest)
     candidates = [p for p in reversed(list_complete(run_dir)) if _kimg(p) < _kimg(newest)]
     skipped: list[str] = []
     for path in [newest, *candidates]:
         try:
             state, meta = load_checkpoint(path)
-        except CorruptCheckpointError as exc:
+            apply(path, state, meta)
+        except OptionsMismatchError:
+            raise
+        except CheckpointError as exc:
             skipped.append(str(exc))
             continue
-        return path, state, meta, skipped
+        return path, meta, skipped
     raise CheckpointError("no intact checkpoint to resume from: " + "; ".join(skipped))
 
 

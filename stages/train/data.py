@@ -72,11 +72,13 @@ def _kill_leftover_workers() -> None:
 atexit.register(_kill_leftover_workers)
 
 
-def make_loader(dataset, sampler: InfiniteBatchSampler, workers: int, seed: int) -> torch.utils.data.DataLoader:
+def make_loader(dataset, sampler: InfiniteBatchSampler, loader_kwargs: dict, seed: int) -> torch.utils.data.DataLoader:
+    """`loader_kwargs`: the run's `data_loader_kwargs` (num_workers, prefetch_factor)."""
+    workers = loader_kwargs.get("num_workers", 0)
     # An explicit generator keeps the DataLoader from drawing its base seed from the global torch RNG,
     # whose state is part of the checkpoint.
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=workers, prefetch_factor=2 if workers else None,
+        dataset, batch_sampler=sampler, num_workers=workers, prefetch_factor=loader_kwargs.get("prefetch_factor"),
         generator=torch.Generator().manual_seed(seed), persistent_workers=False,
         worker_init_fn=_ignore_stop_signals if workers else None,
     )

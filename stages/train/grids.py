@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import torch
+
+from stages.common.images import nhwc, save_png, tile, to_uint8
 
 
 def grid_layout(resolution: int, grid_w: int = 0, grid_h: int = 0) -> tuple[int, int]:
@@ -41,14 +42,6 @@ def grid_indices(dataset, gw: int, gh: int, seed: int = 0) -> list[int]:
 
 def save_grid(images: np.ndarray | torch.Tensor, path: str | Path, drange: tuple[float, float],
               grid: tuple[int, int]) -> None:
-    """Tile `[N, C, H, W]` images (N = gw*gh) into one PNG, mapping `drange` to 0..255."""
-    img = np.asarray(images.detach().cpu() if isinstance(images, torch.Tensor) else images, dtype=np.float32)
-    lo, hi = drange
-    img = np.rint((img - lo) * (255 / (hi - lo))).clip(0, 255).astype(np.uint8)
+    """Tile `[N, C, H, W]` images (N = columns * rows, row-major) into one PNG, mapping `drange` to 0..255."""
     gw, gh = grid
-    _, c, h, w = img.shape
-    img = img.reshape(gh, gw, c, h, w).transpose(0, 3, 1, 4, 2).reshape(gh * h, gw * w, c)
-    mode = {1: "L", 3: "RGB"}.get(c)
-    if mode is None:
-        raise ValueError(f"cannot save a grid of {c}-channel images")
-    PIL.Image.fromarray(img[:, :, 0] if c == 1 else img, mode).save(path)
+    save_png(tile(nhwc(to_uint8(torch.as_tensor(images), drange)), gh, gw), path)

@@ -1,8 +1,8 @@
-"""Training options: a frozen `TrainConfig` (params.yaml `train:` section + flags) and its resolution.
+"""The resolved options of one training run: `TrainConfig` + dataset + process count -> `TrainingOptions`.
 
-`TrainConfig` holds what the user chose; `resolve_options` turns it plus the dataset and the process
-count into the concrete options of one run (network kwargs, optimizer settings, batch split...),
-laid out like the official `training_options.json` so tools written for it can read ours.
+Field names and the JSON layout are those of the official `training_options.json`, so tools written for
+it read ours. The identity of a run (what a checkpoint must agree with to be continued) is the options
+minus what may change between resumptions without changing the trajectory of the weights.
 """
 
 from __future__ import annotations
@@ -11,132 +11,107 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from models.presets import PRESETS, network_kwargs, resolve_preset
-from stages.common.config import ConfigError
-
-AugMode = Literal["noaug", "ada", "fixed"]
-CfgName = Literal["auto", "stylegan2", "paper256", "paper512", "paper1024", "cifar", "tiny"]
+from models.presets import network_kwargs, resolve_preset
+from stages.common.config import ConfigError, flatten
+from stages.train.config import TrainConfig
 
 G_REG_INTERVAL = 4    # lazy path-length regularization every 4 minibatches (StyleGAN2 Sec. 3.1)
 D_REG_INTERVAL = 16   # lazy R1 every 16 minibatches
 ADAM_BETAS = (0.0, 0.99)
 ADAM_EPS = 1e-8
+OFFICIAL_ADA_KIMG = 500
 TRANSFER_ADA_KIMG = 100  # official: ADA reacts faster when starting from pretrained weights
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything `python -m stages.train` accepts; `None` means "take it from the preset"."""
+class TrainingOptions:
+    """Everything the loop needs, resolved (official `training_options.json` keys)."""
 
-    data: str = ""                        # dataset ZIP or folder (required)
-    outdir: str = "runs"                  # parent of numbered run folders
-    run_dir: str | None = None            # exact run folder (overrides outdir numbering; DVC uses this)
-    cfg: CfgName = "auto"                 # preset (models.presets)
-    cond: bool = False                    # condition on dataset labels
-    mirror: bool = False                  # x-flip augmentation of the dataset
-    subset: int | None = None             # train on a random subset of N images
-    gamma: float | None = None            # R1 weight
-    pl_weight: float | None = None        # path-length regularization weight (None = preset; 0 = off)
-    style_mixing: float | None = None     # style-mixing probability (None = preset; 0 = off)
-    kimg: float | None = None             # training length in thousands of images (fractions allowed)
-    batch: int | None = None              # global minibatch over all processes
-    batch_gpu: int | None = None          # samples per process per round (gradient accumulation below batch)
-    snap: int = 50                        # network snapshot interval in ticks
-    image_snapshot_ticks: int | None = None  # fakes grid interval in ticks (default: snap)
-    checkpoint_ticks: int | None = None   # full-state checkpoint interval in ticks (default: snap)
-    keep_checkpoints: int = 3             # keep the newest K complete checkpoints
-    seed: int = 0
-    resume: str | None = None             # 'latest' | checkpoint dir | snapshot/official pickle path or URL
-    freezed: int = 0                      # Freeze-D: first N D layers get no updates
-    freeze_mapping: bool = False          # keep G's mapping network fixed (transfer learning)
-    fp32: bool = False                    # disable mixed precision (always on for CPU)
-    nhwc: bool = False                    # channels-last for fp16 layers
-    allow_tf32: bool = False
-    nobench: bool = False                 # disable cudnn.benchmark
-    workers: int = 3                      # DataLoader worker processes
-    metrics: tuple[str, ...] = ()         # metrics on every network snapshot, e.g. fid50k_full (() = none)
-    detector_dir: str | None = None       # folder with the metric detectors (else $SG2_DETECTOR_DIR, cache, download)
-    aug: AugMode = "ada"
-    p: float | None = None                # fixed augmentation probability (aug=fixed)
-    target: float | None = None           # ADA target for r_t (aug=ada; default 0.6)
-    augpipe: str = "bgc"
-    ada_kimg: float = 500                 # kimg for p to move by one unit
-    ada_interval: int = 4                 # ADA adjustment every N minibatches
-    tick_kimg: float = 4                  # progress tick length in kimg
-    grid_w: int = 0                       # image grid columns (0 = official: fills a 7680x4320 canvas)
-    grid_h: int = 0                       # image grid rows
-    cpu: bool = False                     # train on CPU even when CUDA is available
-    mlflow: bool = False                  # log to MLflow (also enabled by SG2_MLFLOW=1)
-    dry_run: bool = False                 # print the resolved options and exit
-
-    def __post_init__(self) -> None:
-        if self.cfg not in PRESETS:
-            raise ConfigError(f"cfg: unknown preset {self.cfg!r}; choose one of {sorted(PRESETS)}")
-        if self.aug not in ("noaug", "ada", "fixed"):
-            raise ConfigError(f"aug: expected noaug|ada|fixed, got {self.aug!r}")
-        positive = {"kimg": self.kimg, "batch": self.batch, "batch_gpu": self.batch_gpu, "subset": self.subset,
-                    "tick_kimg": self.tick_kimg, "ada_kimg": self.ada_kimg, "ada_interval": self.ada_interval,
-                    "snap": self.snap, "image_snapshot_ticks": self.image_snapshot_ticks,
-                    "checkpoint_ticks": self.checkpoint_ticks, "keep_checkpoints": self.keep_checkpoints}
-        for name, value in positive.items():
-            if value is not None and value <= 0:
-                raise ConfigError(f"{name}: must be > 0, got {value}")
-        for name, value in {"freezed": self.freezed, "workers": self.workers, "grid_w": self.grid_w,
-                            "grid_h": self.grid_h, "seed": self.seed}.items():
-            if value < 0:
-                raise ConfigError(f"{name}: must be >= 0, got {value}")
-        if self.gamma is not None and self.gamma < 0:
-            raise ConfigError(f"gamma: must be >= 0, got {self.gamma}")
-        if self.pl_weight is not None and self.pl_weight < 0:
-            raise ConfigError(f"pl_weight: must be >= 0, got {self.pl_weight}")
-        if self.style_mixing is not None and not 0 <= self.style_mixing <= 1:
-            raise ConfigError(f"style_mixing: must be in [0, 1], got {self.style_mixing}")
-        if self.batch is not None and self.batch_gpu is not None and self.batch % self.batch_gpu:
-            raise ConfigError(f"batch ({self.batch}) must be a multiple of batch_gpu ({self.batch_gpu})")
-        if self.p is not None:
-            if self.aug != "fixed":
-                raise ConfigError("p: only with aug=fixed")
-            if not 0 <= self.p <= 1:
-                raise ConfigError(f"p: must be in [0, 1], got {self.p}")
-        if self.aug == "fixed" and self.p is None:
-            raise ConfigError("aug=fixed needs p")
-        if self.target is not None:
-            if self.aug != "ada":
-                raise ConfigError("target: only with aug=ada")
-            if not 0 <= self.target <= 1:
-                raise ConfigError(f"target: must be in [0, 1], got {self.target}")
-        if not self.data:
-            raise ConfigError("data: a dataset ZIP or folder is required (--data)")
-        if tuple(m.lower() for m in self.metrics) == ("none",):
-            object.__setattr__(self, "metrics", ())  # the official spelling of "no metrics"
-        from stages.evaluate.registry import UnknownMetricError, parse_metrics
-
-        try:
-            parse_metrics(list(self.metrics))
-        except UnknownMetricError as exc:
-            raise ConfigError(f"metrics: {exc}") from exc
+    training_set_kwargs: dict[str, Any]       # ImageFolderDataset kwargs
+    data_loader_kwargs: dict[str, Any]        # num_workers, prefetch_factor
+    G_kwargs: dict[str, Any]
+    D_kwargs: dict[str, Any]
+    G_opt_kwargs: dict[str, Any]              # Adam lr, betas, eps (before the lazy-regularization rescaling)
+    D_opt_kwargs: dict[str, Any]
+    loss_kwargs: dict[str, Any]               # r1_gamma, pl_weight, style_mixing_prob
+    augment_kwargs: dict[str, Any] | None     # {augpipe} or None without augmentation
+    metrics: list[str]
+    detector_dir: str | None
+    random_seed: int
+    num_gpus: int                             # processes
+    batch_size: int                           # global minibatch
+    batch_gpu: int                            # per process per accumulation round
+    ema_kimg: float                           # G_ema half-life
+    ema_rampup: float | None
+    G_reg_interval: int
+    D_reg_interval: int
+    augment_p: float                          # initial augmentation probability
+    ada_target: float | None                  # None: p stays fixed
+    ada_interval: int
+    ada_kimg: float
+    total_kimg: float
+    kimg_per_tick: float
+    image_snapshot_ticks: int
+    network_snapshot_ticks: int
+    checkpoint_ticks: int
+    keep_checkpoints: int
+    resume_pkl: str | None                    # transfer-learning source
+    freeze_mapping: bool
+    cudnn_benchmark: bool
+    allow_tf32: bool
+    grid_size: list[int]                      # fakes grid [columns, rows]; 0 = official layout
+    device: str
 
     @property
-    def ada_target(self) -> float | None:
-        if self.aug != "ada":
-            return None
-        return 0.6 if self.target is None else self.target
+    def total_nimg(self) -> int:
+        return int(self.total_kimg * 1000)
+
+    @property
+    def fine_snapshot_names(self) -> bool:
+        """Snapshots less than 1 kimg apart get kimg with three decimals in their names (never collide)."""
+        return self.network_snapshot_ticks * self.kimg_per_tick < 1 or self.image_snapshot_ticks * \
+            self.kimg_per_tick < 1
+
+    def kimg_tag(self, cur_nimg: int) -> str:
+        """`000012` (official `network-snapshot-<KIMG>`), or `000000.512` when snapshots are sub-kimg apart."""
+        return f"{cur_nimg / 1000:010.3f}" if self.fine_snapshot_names else f"{cur_nimg // 1000:06d}"
+
+    def as_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def identity(self, dataset_hash: str) -> dict[str, Any]:
+        """What a checkpoint must agree with to be resumed; the dataset is compared by content, not path."""
+        ident = {k: v for k, v in self.as_json().items() if k not in RESUMABLE_KEYS}
+        ident["training_set_kwargs"] = {k: v for k, v in self.training_set_kwargs.items() if k != "path"}
+        return dict(ident, dataset_hash=dataset_hash, transfer=self.resume_pkl is not None)
+
+
+# Options that may change between a checkpoint and its resumption without changing the trajectory of the
+# weights (how long to train, how often to write, where, with how many loader workers...). A run may also
+# continue on another process count or device, as the official resume does (the RNG states are reseeded).
+RESUMABLE_KEYS = frozenset({
+    "data_loader_kwargs", "metrics", "total_kimg", "kimg_per_tick", "image_snapshot_ticks",
+    "network_snapshot_ticks", "checkpoint_ticks", "keep_checkpoints", "resume_pkl", "grid_size", "detector_dir",
+    "num_gpus", "device",
+})
 
 
 def resolve_options(
     cfg: TrainConfig,
-    dataset: Any,                       # ImageFolderDataset (resolution, num_channels, label_dim, has_labels)
+    dataset: Any,                         # ImageFolderDataset (resolution, num_channels, label_dim, has_labels)
     num_processes: int = 1,
     device_type: str = "cpu",
-    transfer: bool = False,             # starting from pretrained weights (resume from a snapshot/pickle)
-) -> dict[str, Any]:
-    """The concrete options of one run (official `training_options.json` key layout where one exists)."""
+    transfer_source: str | None = None,   # pretrained weights the run starts from (transfer learning)
+) -> TrainingOptions:
     if cfg.cond and not dataset.has_labels:
         raise ConfigError("cond: the dataset has no labels (dataset.json 'labels' is null or absent)")
     res = dataset.resolution
-    spec = resolve_preset(cfg.cfg, res, num_processes)
+    try:
+        spec = resolve_preset(cfg.cfg, res, num_processes)
+    except ValueError as exc:
+        raise ConfigError(f"cfg {cfg.cfg}: {exc}") from None
     c_dim = dataset.label_dim if cfg.cond else 0
     G_kwargs, D_kwargs = network_kwargs(spec, res, dataset.num_channels, c_dim)
     if cfg.fp32:
@@ -153,35 +128,24 @@ def resolve_options(
     if cfg.freezed:
         D_kwargs["block_kwargs"]["freeze_layers"] = cfg.freezed
 
-    batch = cfg.batch if cfg.batch is not None else spec.mb
-    if cfg.batch_gpu is not None:
-        batch_gpu = cfg.batch_gpu
-    elif cfg.batch is not None:
-        batch_gpu = batch // num_processes
-    else:
-        # The preset's per-GPU batch is an upper bound: on more processes than the preset's reference
-        # count each takes its share in one round (as the official loop does).
-        batch_gpu = max(min(spec.mb // spec.ref_gpus, batch // num_processes), 1)
-    if batch % (batch_gpu * num_processes):
-        raise ConfigError(
-            f"batch ({batch}) must be a multiple of batch_gpu x processes ({batch_gpu} x {num_processes})")
+    batch, batch_gpu = _batch_split(cfg, spec.mb, spec.ref_gpus, num_processes)
     mbstd = D_kwargs["epilogue_kwargs"]["mbstd_group_size"]
     if mbstd and batch_gpu % min(mbstd, batch_gpu):
         raise ConfigError(f"batch_gpu ({batch_gpu}) must be a multiple of the minibatch-std group ({mbstd})")
-
-    augment = cfg.aug != "noaug"
-    opts: dict[str, Any] = dict(
+    transfer = transfer_source is not None
+    adam = dict(lr=spec.lrate, betas=list(ADAM_BETAS), eps=ADAM_EPS)
+    return TrainingOptions(
         training_set_kwargs=dict(path=cfg.data, use_labels=cfg.cond, max_size=dataset.num_images,
                                  xflip=cfg.mirror, resolution=res, random_seed=cfg.seed),
         data_loader_kwargs=dict(num_workers=cfg.workers, prefetch_factor=2 if cfg.workers else None),
         G_kwargs=G_kwargs,
         D_kwargs=D_kwargs,
-        G_opt_kwargs=dict(lr=spec.lrate, betas=list(ADAM_BETAS), eps=ADAM_EPS),
-        D_opt_kwargs=dict(lr=spec.lrate, betas=list(ADAM_BETAS), eps=ADAM_EPS),
+        G_opt_kwargs=dict(adam),
+        D_opt_kwargs=dict(adam),
         loss_kwargs=dict(r1_gamma=cfg.gamma if cfg.gamma is not None else spec.gamma,
                          pl_weight=spec.pl_weight if cfg.pl_weight is None else cfg.pl_weight,
                          style_mixing_prob=spec.style_mixing_prob if cfg.style_mixing is None else cfg.style_mixing),
-        augment_kwargs=dict(augpipe=cfg.augpipe) if augment else None,
+        augment_kwargs=dict(augpipe=cfg.augpipe) if cfg.aug != "noaug" else None,
         metrics=list(cfg.metrics),
         detector_dir=cfg.detector_dir,
         random_seed=cfg.seed,
@@ -195,63 +159,57 @@ def resolve_options(
         augment_p=cfg.p or 0.0,
         ada_target=cfg.ada_target,
         ada_interval=cfg.ada_interval,
-        ada_kimg=TRANSFER_ADA_KIMG if transfer and cfg.ada_kimg == 500 else cfg.ada_kimg,
+        # Official: ADA reacts faster when starting from pretrained weights, unless the user chose a speed.
+        ada_kimg=TRANSFER_ADA_KIMG if transfer and cfg.ada_kimg == OFFICIAL_ADA_KIMG else cfg.ada_kimg,
         total_kimg=cfg.kimg if cfg.kimg is not None else spec.kimg,
         kimg_per_tick=cfg.tick_kimg,
         image_snapshot_ticks=cfg.image_snapshot_ticks or cfg.snap,
         network_snapshot_ticks=cfg.snap,
         checkpoint_ticks=cfg.checkpoint_ticks or cfg.snap,
         keep_checkpoints=cfg.keep_checkpoints,
-        resume_pkl=cfg.resume if transfer else None,
+        resume_pkl=transfer_source,
         freeze_mapping=cfg.freeze_mapping,
         cudnn_benchmark=not cfg.nobench,
         allow_tf32=cfg.allow_tf32,
         grid_size=[cfg.grid_w, cfg.grid_h],
         device=device_type,
     )
-    return opts
 
 
-# Options that may change between a checkpoint and its resumption without changing the trajectory
-# of the weights (how long to train, how often to write, where, with how many loader workers...).
-_RESUMABLE_KEYS = {"data_loader_kwargs", "metrics", "total_kimg", "kimg_per_tick", "image_snapshot_ticks",
-                   "network_snapshot_ticks", "checkpoint_ticks", "keep_checkpoints", "resume_pkl", "grid_size",
-                   "detector_dir",
-                   # A run may continue on another process count or device, as the official resume does
-                   # (the RNG states are then reseeded; see the restore in loop.py).
-                   "num_gpus", "device"}
+def _batch_split(cfg: TrainConfig, preset_batch: int, preset_gpus: int, num_processes: int) -> tuple[int, int]:
+    """(global batch, per-process batch per round)."""
+    batch = cfg.batch if cfg.batch is not None else preset_batch
+    if cfg.batch_gpu is not None:
+        batch_gpu = cfg.batch_gpu
+    elif cfg.batch is not None:
+        batch_gpu = batch // num_processes
+    else:
+        # The preset's per-GPU batch is an upper bound: on more processes than the preset's reference count
+        # each takes its share in one round (as the official loop does).
+        batch_gpu = max(min(preset_batch // preset_gpus, batch // num_processes), 1)
+    if batch_gpu < 1 or batch % (batch_gpu * num_processes):
+        raise ConfigError(
+            f"batch ({batch}) must be a multiple of batch_gpu x processes ({batch_gpu} x {num_processes})")
+    return batch, batch_gpu
 
 
-def identity_options(opts: dict[str, Any]) -> dict[str, Any]:
-    """The options a checkpoint must agree with to be resumed; the dataset path is compared by content hash."""
-    ident = {k: v for k, v in opts.items() if k not in _RESUMABLE_KEYS}
-    ident["training_set_kwargs"] = {k: v for k, v in opts["training_set_kwargs"].items() if k != "path"}
-    return json.loads(json.dumps(ident))
+def config_hash(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def config_hash(ident: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+def diff_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """`name: old -> new` for every entry that differs between two nested dicts."""
+    fa, fb = flatten(a), flatten(b)
+    return [f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}" for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
 
 
-def diff_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted names of the entries that differ between two nested dicts."""
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += diff_keys(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            out.append(f"{prefix}{key}: {va!r} -> {vb!r}")
-    return out
-
-
-def run_description(cfg: TrainConfig, dataset_name: str, opts: dict[str, Any]) -> str:
+def run_description(cfg: TrainConfig, dataset_name: str, num_processes: int) -> str:
     """Official-style run name suffix, e.g. `cifar10-cond-mirror-tiny-kimg1-batch4-noaug`."""
     parts = [dataset_name]
     parts += ["cond"] if cfg.cond else []
     parts += [f"subset{cfg.subset}"] if cfg.subset else []
     parts += ["mirror"] if cfg.mirror else []
-    parts += [f"{cfg.cfg}" + (f"{opts['num_gpus']}" if cfg.cfg == "auto" else "")]
+    parts += [f"{cfg.cfg}" + (f"{num_processes}" if cfg.cfg == "auto" else "")]
     parts += [f"gamma{cfg.gamma:g}"] if cfg.gamma is not None else []
     parts += [f"kimg{cfg.kimg:g}"] if cfg.kimg is not None else []
     parts += [f"batch{cfg.batch}"] if cfg.batch is not None else []
@@ -259,23 +217,10 @@ def run_description(cfg: TrainConfig, dataset_name: str, opts: dict[str, Any]) -
     return "-".join(parts)
 
 
-def format_table(cfg: TrainConfig, opts: dict[str, Any]) -> str:
+def format_table(opts: TrainingOptions) -> str:
     """Resolved options as an aligned two-column table (for --dry-run and log.txt)."""
-    rows: list[tuple[str, Any]] = []
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict) and value:
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        else:
-            rows.append((prefix, value))
-
-    walk("", opts)
-    width = max(len(k) for k, _ in rows)
+    rows = flatten(opts.as_json())
+    width = max(len(k) for k in rows)
     lines = [f"{'option':<{width}}  value", f"{'-' * width}  -----"]
-    lines += [f"{k:<{width}}  {json.dumps(v) if not isinstance(v, str) else v}" for k, v in rows]
+    lines += [f"{k:<{width}}  {v if isinstance(v, str) else json.dumps(v)}" for k, v in rows.items()]
     return "\n".join(lines)
-
-
-def config_fields() -> list[dataclasses.Field]:
-    return list(dataclasses.fields(TrainConfig))

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from stages.train.stats import filter_jsonl
+from stages.common.fileio import filter_jsonl
 
 
 class SnapshotMetrics:

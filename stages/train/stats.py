@@ -8,7 +8,6 @@ writes one JSON line to `stats.jsonl` (official layout: `{name: {num, mean, std}
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from stages.common.fileio import append_jsonl, filter_jsonl, read_jsonl, write_text_atomic
 
 # An all-reduce(sum) of a float64 tensor across processes; identity when training on one process.
 Reducer = Callable[[torch.Tensor], torch.Tensor]
@@ -85,8 +86,7 @@ class StatsCollector:
         for k, v in (tick_info or {}).items():
             stats.setdefault(k, {"num": 1, "mean": float(v), "std": 0.0})
         if self.jsonl is not None:
-            with self.jsonl.open("a") as fh:
-                fh.write(json.dumps(dict(stats, timestamp=time.time())) + "\n")
+            append_jsonl(self.jsonl, dict(stats, timestamp=time.time()))
         return {k: v["mean"] for k, v in stats.items()}
 
     # Checkpointing: partial sums between collections are part of the training state (the ADA
@@ -99,39 +99,14 @@ class StatsCollector:
 
 
 class Tee:
-    """Forward each report to several collectors (the loss sees one sink)."""
+    """Forward each report to several collectors (the loss sees one sink); None entries are skipped."""
 
-    def __init__(self, *sinks: StatsCollector) -> None:
-        self.sinks = sinks
+    def __init__(self, *sinks: StatsCollector | None) -> None:
+        self.sinks = [s for s in sinks if s is not None]
 
     def report(self, name: str, value: torch.Tensor | float) -> None:
         for s in self.sinks:
             s.report(name, value)
-
-
-def filter_jsonl(path: str | Path, keep: Callable[[dict[str, Any]], bool]) -> int:
-    """Rewrite a JSON-lines file (atomically, fsynced) with only the records `keep` accepts; a line cut
-    by a crash is dropped too. Returns how many lines were dropped."""
-    path = Path(path)
-    if not path.is_file():
-        return 0
-    lines = path.read_text().splitlines()
-    kept = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and keep(record):
-            kept.append(line)
-    if len(kept) != len(lines):
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w") as fh:
-            fh.write("".join(line + "\n" for line in kept))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    return len(lines) - len(kept)
 
 
 def truncate_stats_jsonl(path: str | Path, before_tick: int) -> int:
@@ -159,17 +134,29 @@ def write_curves_csv(stats_jsonl: str | Path, out_csv: str | Path) -> int:
     Derived from the jsonl every time rather than appended, so a resumed run (whose jsonl continues)
     and a crash mid-write both leave a consistent file. Missing statistics are empty cells.
     """
-    rows = []
-    for line in Path(stats_jsonl).read_text().splitlines() if Path(stats_jsonl).exists() else []:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a crash
-        rows.append([record.get(name, {}).get("mean", "") for name in CURVE_COLUMNS.values()])
-    tmp = Path(out_csv).with_suffix(".csv.tmp")
-    with tmp.open("w") as fh:
-        fh.write(",".join(CURVE_COLUMNS) + "\n")
-        for row in rows:
-            fh.write(",".join("" if v == "" else f"{float(v):.6g}" for v in row) + "\n")
-    tmp.replace(out_csv)
+    rows = [[record.get(name, {}).get("mean", "") for name in CURVE_COLUMNS.values()]
+            for record in read_jsonl(stats_jsonl)]
+    lines = [",".join(CURVE_COLUMNS)]
+    lines += [",".join("" if v == "" else f"{float(v):.6g}" for v in row) for row in rows]
+    write_text_atomic(out_csv, "\n".join(lines) + "\n")
     return len(rows)
+
+
+def cpu_rss_gb() -> float:
+    """Resident memory of this process in GiB."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (OSError, ValueError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def peak_gpu_gb(device: torch.device) -> float:
+    """Peak CUDA memory since the last call, in GiB (0 off CUDA)."""
+    if device.type != "cuda":
+        return 0.0
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return peak

@@ -1,3 +1,3 @@
-from stages.validate.suite import main
+from stages.validate.cli import main
 
 raise SystemExit(main())

@@ -50,9 +50,11 @@ from models import Discriminator, Generator  # noqa: E402
 from models.loss import StyleGAN2Loss  # noqa: E402
 from models.training_rules import ema_beta  # noqa: E402
 from stages.common.dataset import ImageFolderDataset  # noqa: E402
-from stages.train.loop import _update_ema, step  # noqa: E402
-from stages.train.options import TrainConfig, resolve_options  # noqa: E402
-from stages.train.setup import Progress, build_phases  # noqa: E402
+from stages.train.collectives import Collectives  # noqa: E402
+from stages.train.config import TrainConfig  # noqa: E402
+from stages.train.options import TrainingOptions, resolve_options  # noqa: E402
+from stages.train.phases import TrainingStep, build_phases, update_ema  # noqa: E402
+from stages.train.state import Progress  # noqa: E402
 from tests.test_train import make_zip  # noqa: E402
 
 PHASES = [("Gmain", 1), ("Greg", 4), ("Dmain", 1), ("Dreg", 16)]
@@ -62,7 +64,7 @@ def make_dataset(path: Path, n: int = 64, res: int = 32, classes: int = 10) -> I
     return ImageFolderDataset(str(make_zip(path, n=n, res=res, labels=True, classes=classes)), use_labels=True)
 
 
-def resolved(cfg: str, dataset: ImageFolderDataset) -> dict[str, Any]:
+def resolved(cfg: str, dataset: ImageFolderDataset) -> TrainingOptions:
     return resolve_options(TrainConfig(data=dataset._path, cfg=cfg, cond=True, aug="noaug"), dataset)
 
 
@@ -180,31 +182,32 @@ class OfficialIteration:
 
 
 class OurIteration:
-    def __init__(self, opts: dict[str, Any], dataset: ImageFolderDataset) -> None:
+    def __init__(self, opts: TrainingOptions, dataset: ImageFolderDataset) -> None:
         torch.manual_seed(0)
-        self.G = Generator(**copy.deepcopy(opts["G_kwargs"])).train().requires_grad_(False)
-        self.D = Discriminator(**copy.deepcopy(opts["D_kwargs"])).train().requires_grad_(False)
+        self.G = Generator(**copy.deepcopy(opts.G_kwargs)).train().requires_grad_(False)
+        self.D = Discriminator(**copy.deepcopy(opts.D_kwargs)).train().requires_grad_(False)
         self.G_ema = copy.deepcopy(self.G).eval()
-        self.loss = StyleGAN2Loss(self.G.mapping, self.G.synthesis, self.D, **opts["loss_kwargs"])
-        self.phases = build_phases(self.G, self.D, opts)
-        self.opts, self.dataset, self.prog = opts, dataset, Progress()
+        self.loss = StyleGAN2Loss(self.G.mapping, self.G.synthesis, self.D, **opts.loss_kwargs)
+        phases = build_phases(self.G, self.D, opts)
+        self.step = TrainingStep(phases, self.loss, dataset, opts, self.G.z_dim, torch.device("cpu"),
+                                 Collectives(False), rank=0, world=1)
+        self.opts, self.prog = opts, Progress()
 
     def __call__(self, real_u8: torch.Tensor, real_c: torch.Tensor) -> None:
         o = self.opts
-        step(self.phases, self.loss, real_u8, real_c, self.dataset, self.prog, o["batch_size"], o["batch_gpu"],
-             torch.device("cpu"), self.G.z_dim, False)
-        _update_ema(self.G_ema, self.G, ema_beta(o["batch_size"], o["ema_kimg"], self.prog.cur_nimg, o["ema_rampup"]))
-        self.prog.cur_nimg += o["batch_size"]
+        self.step(real_u8, real_c, self.prog.batch_idx, "benchmark")
+        update_ema(self.G_ema, self.G, ema_beta(o.batch_size, o.ema_kimg, self.prog.cur_nimg, o.ema_rampup))
+        self.prog.cur_nimg += o.batch_size
         self.prog.batch_idx += 1
 
 
-def compare_speed(L: Any, N: Any, misc: Any, opts: dict[str, Any], dataset: ImageFolderDataset, iters: int,
+def compare_speed(L: Any, N: Any, misc: Any, opts: TrainingOptions, dataset: ImageFolderDataset, iters: int,
                   blocks: int) -> dict[str, Any]:
-    batch = opts["batch_size"]
+    batch = opts.batch_size
     gen = torch.Generator().manual_seed(0)
     real = (torch.rand([batch, 3, 32, 32], generator=gen) * 255).to(torch.uint8)
     real_c = torch.from_numpy(np.stack([dataset.get_label(i % len(dataset)) for i in range(batch)]))
-    sides = {"official": OfficialIteration(L, N, misc, opts, dataset), "ours": OurIteration(opts, dataset)}
+    sides = {"official": OfficialIteration(L, N, misc, opts.as_json(), dataset), "ours": OurIteration(opts, dataset)}
     for fn in sides.values():  # warm-up: one iteration with every phase (batch_idx 0)
         fn(real, real_c)
     per_block: dict[str, list[float]] = {k: [] for k in sides}
@@ -217,7 +220,7 @@ def compare_speed(L: Any, N: Any, misc: Any, opts: dict[str, Any], dataset: Imag
             per_block[name].append((time.perf_counter() - t0) / (iters * batch) * 1000)
             print(f"  block {b} {name:8s} {per_block[name][-1]:.1f} sec/kimg", file=sys.stderr, flush=True)
     ratios = [o / u for o, u in zip(per_block["official"], per_block["ours"])]
-    return {"batch": batch, "batch_gpu": opts["batch_gpu"], "iters_per_block": iters,
+    return {"batch": batch, "batch_gpu": opts.batch_gpu, "iters_per_block": iters,
             "sec_per_kimg": {k: [round(v, 1) for v in vs] for k, vs in per_block.items()},
             "speedup_per_block (official / ours)": [round(r, 3) for r in ratios],
             "speedup_median": round(statistics.median(ratios), 3)}
@@ -244,7 +247,7 @@ def main() -> int:
         dataset = make_dataset(Path(tmp) / "cifar-like.zip")
         for cfg in () if args.skip_gradients else ("cifar", "auto"):
             opts = resolved(cfg, dataset)
-            report["gradients"][f"{cfg}@32px"] = compare_gradients(L, N, opts, args.grad_batch, seed=0)
+            report["gradients"][f"{cfg}@32px"] = compare_gradients(L, N, opts.as_json(), args.grad_batch, seed=0)
             print(json.dumps({cfg: report["gradients"][f"{cfg}@32px"]}, indent=1), file=sys.stderr, flush=True)
         if not args.skip_speed:
             report["speed cifar@32px"] = compare_speed(L, N, misc, resolved("cifar", dataset), dataset, args.iters,

@@ -1,4 +1,4 @@
-"""Seed lists, grid shapes, the official seed -> z rule, and class labels."""
+"""Seed lists, grid shapes, the official seed -> z rule, and class labels (generate, export render)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import re
 import numpy as np
 import torch
 
-from stages.generate.config import GenerateError
+from stages.common.errors import BadInput
 
 _RANGE = re.compile(r"^(\d+)-(\d+)$")
 _MAX_SEED = 2**32 - 1  # np.random.RandomState accepts seeds in [0, 2**32)
+MAX_SEEDS = 100_000   # per command: ~1 day of 256 px images on a CPU; a longer list is almost surely a typo
 
 
 def parse_seeds(spec: str | int | list[int] | tuple[int, ...], what: str = "seeds") -> list[int]:
@@ -26,30 +27,41 @@ def parse_seeds(spec: str | int | list[int] | tuple[int, ...], what: str = "seed
     else:
         text = str(spec).replace(" ", "")
         if not text:
-            raise GenerateError(f"--{what}: empty list (expected e.g. 0-35,40)")
-        items = []
-        for part in text.split(","):
-            m = _RANGE.match(part)
-            if m:
-                lo, hi = int(m.group(1)), int(m.group(2))
-                if hi < lo:
-                    raise GenerateError(f"--{what}: range {part!r} runs backwards")
-                items.extend(range(lo, hi + 1))
-            elif part.isdigit():
-                items.append(int(part))
-            else:
-                raise GenerateError(f"--{what}: cannot parse {part!r} in {text!r} (expected e.g. 0-35,40)")
+            raise BadInput(f"--{what}: empty list (expected e.g. 0-35,40)")
+        items = _expand(text, what)
+    if len(items) > MAX_SEEDS:
+        raise BadInput(f"--{what}: more than {MAX_SEEDS:,} seeds in one command; split the list into several commands")
     for s in items:
         if not 0 <= s <= _MAX_SEED:
-            raise GenerateError(f"--{what}: {s} is outside [0, {_MAX_SEED}]")
+            raise BadInput(f"--{what}: {s} is outside [0, {_MAX_SEED}]")
+    return items
+
+
+def _expand(text: str, what: str) -> list[int]:
+    items: list[int] = []
+    for part in text.split(","):
+        m = _RANGE.match(part)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if hi < lo:
+                raise BadInput(f"--{what}: range {part!r} runs backwards")
+            if len(items) + hi - lo + 1 > MAX_SEEDS:
+                raise BadInput(f"--{what}: more than {MAX_SEEDS:,} seeds in one command; split the list "
+                               "into several commands")
+            items.extend(range(lo, hi + 1))
+        elif part.isdigit():
+            items.append(int(part))
+        else:
+            raise BadInput(f"--{what}: cannot parse {part!r} in {text!r} (expected e.g. 0-35,40)")
     return items
 
 
 def parse_grid(spec: str, what: str = "grid") -> tuple[int, int]:
-    """'RxC' -> (rows, cols), both >= 1."""
+    """'WxH' -> (columns, rows), both >= 1: width first, as the official tools read it (`--grid=4x2` is
+    four images across, two down)."""
     m = re.fullmatch(r"(\d+)[xX](\d+)", str(spec).strip())
-    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-        raise GenerateError(f"--{what}: expected ROWSxCOLS with positive numbers, e.g. 4x2, got {spec!r}")
+    if not m or not 1 <= int(m.group(1)) <= 1024 or not 1 <= int(m.group(2)) <= 1024:
+        raise BadInput(f"--{what}: expected COLSxROWS with numbers in 1..1024, e.g. 4x2, got {spec!r}")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -71,15 +83,15 @@ def class_labels(c_dim: int, class_idx: int | None, n: int, all_classes_hint: bo
     """
     if c_dim == 0:
         if class_idx is not None:
-            raise GenerateError(f"--class {class_idx}: the network is unconditional (c_dim=0); drop --class")
+            raise BadInput(f"--class {class_idx}: the network is unconditional (c_dim=0); drop --class")
         return torch.zeros([n, 0])
     if class_idx is None:
         extra = " or --all-classes" if all_classes_hint else ""
-        raise GenerateError(
+        raise BadInput(
             f"the network is conditional with {c_dim} classes (0-{c_dim - 1}); pass --class K{extra}"
         )
     if not 0 <= class_idx < c_dim:
-        raise GenerateError(f"--class {class_idx} is out of range: the network has classes 0-{c_dim - 1}")
+        raise BadInput(f"--class {class_idx} is out of range: the network has classes 0-{c_dim - 1}")
     c = torch.zeros([n, c_dim])
     c[:, class_idx] = 1
     return c

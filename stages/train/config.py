@@ -1,0 +1,180 @@
+"""The `train:` section of params.yaml: what the user chose (`TrainConfig`), validated on construction.
+
+`None` means "take it from the preset"; `options.resolve_options` turns the choice plus the dataset and
+the process count into the concrete options of one run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from models.augment import AUGPIPE_SPECS
+from models.presets import PRESETS
+from stages.common.config import ConfigError
+
+AugMode = Literal["noaug", "ada", "fixed"]
+ResumeMode = str  # 'latest' | 'auto' | checkpoint folder | snapshot/pickle path or URL
+DEFAULT_ADA_TARGET = 0.6
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `python -m stages.train` accepts."""
+
+    SECTION: ClassVar[str] = "train"
+    # A flag that starts the user's own run makes the pipeline's fixed run folder and `resume: auto`
+    # step aside (params.yaml is the demo pipeline's); `--aug` makes the other mode's p/target step aside.
+    YIELDS_TO_FLAGS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "data": ("run_dir", "resume"), "outdir": ("run_dir", "resume"), "aug": ("p", "target"),
+    }
+
+    data: str = ""                        # dataset ZIP or folder (required)
+    outdir: str = "runs"                  # parent of numbered run folders
+    run_dir: str | None = None            # exact run folder (overrides outdir numbering; DVC uses this)
+    cfg: str = "auto"                     # preset (models.presets.PRESETS)
+    cond: bool = False                    # condition on dataset labels
+    mirror: bool = False                  # x-flip augmentation of the dataset
+    subset: int | None = None             # train on a random subset of N images
+    gamma: float | None = None            # R1 weight
+    pl_weight: float | None = None        # path-length regularization weight (None = preset; 0 = off)
+    style_mixing: float | None = None     # style-mixing probability (None = preset; 0 = off)
+    kimg: float | None = None             # training length in thousands of images (fractions allowed)
+    batch: int | None = None              # global minibatch over all processes
+    batch_gpu: int | None = None          # samples per process per round (gradient accumulation below batch)
+    snap: int = 50                        # network snapshot interval in ticks
+    image_snapshot_ticks: int | None = None  # fakes grid interval in ticks (default: snap)
+    checkpoint_ticks: int | None = None   # full-state checkpoint interval in ticks (default: snap)
+    keep_checkpoints: int = 3             # keep the newest K complete checkpoints
+    seed: int = 0
+    resume: ResumeMode | None = None      # 'latest' | 'auto' | checkpoint dir | snapshot/official pickle path or URL
+    freezed: int = 0                      # Freeze-D: first N D layers get no updates
+    freeze_mapping: bool = False          # keep G's mapping network fixed (transfer learning)
+    fp32: bool = False                    # disable mixed precision (always on for CPU)
+    nhwc: bool = False                    # channels-last for fp16 layers
+    allow_tf32: bool = False
+    nobench: bool = False                 # disable cudnn.benchmark
+    workers: int = 3                      # DataLoader worker processes
+    metrics: tuple[str, ...] = ()         # metrics on every network snapshot, e.g. fid50k_full (() = none)
+    detector_dir: str | None = None       # folder with the metric detectors (else $SG2_DETECTOR_DIR, cache, download)
+    aug: AugMode = "ada"
+    p: float | None = None                # fixed augmentation probability (aug=fixed)
+    target: float | None = None           # ADA target for r_t (aug=ada; default 0.6)
+    augpipe: str = "bgc"
+    ada_kimg: float = 500                 # kimg for p to move by one unit
+    ada_interval: int = 4                 # ADA adjustment every N minibatches
+    tick_kimg: float = 4                  # progress tick length in kimg
+    grid_w: int = 0                       # image grid columns (0 = official: fills a 7680x4320 canvas)
+    grid_h: int = 0                       # image grid rows (one label per row for conditional data)
+    cpu: bool = False                     # train on CPU even when CUDA is available
+    mlflow: bool = False                  # log to MLflow (also SG2_MLFLOW=1)
+    dry_run: bool = False                 # print the resolved options and exit
+
+    def __post_init__(self) -> None:
+        if self.cfg not in PRESETS:
+            raise ConfigError(f"cfg: unknown preset {self.cfg!r}; choose one of {', '.join(sorted(PRESETS))}")
+        if self.augpipe not in AUGPIPE_SPECS:
+            raise ConfigError(f"augpipe: unknown pipeline {self.augpipe!r}; choose one of {', '.join(AUGPIPE_SPECS)}")
+        positive = {"kimg": self.kimg, "batch": self.batch, "batch_gpu": self.batch_gpu, "subset": self.subset,
+                    "tick_kimg": self.tick_kimg, "ada_kimg": self.ada_kimg, "ada_interval": self.ada_interval,
+                    "snap": self.snap, "image_snapshot_ticks": self.image_snapshot_ticks,
+                    "checkpoint_ticks": self.checkpoint_ticks, "keep_checkpoints": self.keep_checkpoints}
+        for name, value in positive.items():
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name}: must be > 0, got {value}")
+        for name, value in {"freezed": self.freezed, "workers": self.workers, "grid_w": self.grid_w,
+                            "grid_h": self.grid_h, "seed": self.seed}.items():
+            if value < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {value}")
+        if self.seed >= 2**31:
+            raise ConfigError(f"seed: must be < 2**31, got {self.seed}")
+        if self.gamma is not None and self.gamma < 0:
+            raise ConfigError(f"gamma: must be >= 0, got {self.gamma}")
+        if self.pl_weight is not None and self.pl_weight < 0:
+            raise ConfigError(f"pl_weight: must be >= 0, got {self.pl_weight}")
+        if self.style_mixing is not None and not 0 <= self.style_mixing <= 1:
+            raise ConfigError(f"style_mixing: must be in [0, 1], got {self.style_mixing}")
+        if self.batch is not None and self.batch_gpu is not None and self.batch % self.batch_gpu:
+            raise ConfigError(f"batch ({self.batch}) must be a multiple of batch_gpu ({self.batch_gpu})")
+        if self.p is not None:
+            if self.aug != "fixed":
+                raise ConfigError("p: only with aug=fixed")
+            if not 0 <= self.p <= 1:
+                raise ConfigError(f"p: must be in [0, 1], got {self.p}")
+        if self.aug == "fixed" and self.p is None:
+            raise ConfigError("aug=fixed needs p")
+        if self.target is not None:
+            if self.aug != "ada":
+                raise ConfigError("target: only with aug=ada")
+            if not 0 <= self.target <= 1:
+                raise ConfigError(f"target: must be in [0, 1], got {self.target}")
+        if not self.data:
+            raise ConfigError("data: a dataset ZIP or folder is required (--data)")
+        if tuple(m.lower() for m in self.metrics) == ("none",):
+            object.__setattr__(self, "metrics", ())  # the official spelling of "no metrics"
+        from stages.evaluate.registry import UnknownMetricError, parse_metrics
+
+        try:
+            parse_metrics(list(self.metrics))
+        except UnknownMetricError as exc:
+            raise ConfigError(f"metrics: {exc}") from exc
+
+    @property
+    def ada_target(self) -> float | None:
+        if self.aug != "ada":
+            return None
+        return DEFAULT_ADA_TARGET if self.target is None else self.target
+
+    @property
+    def transfer_source(self) -> str | None:
+        """The network `resume` names for transfer learning, or None (no resume, or a checkpoint to continue)."""
+        from pathlib import Path
+
+        if self.resume in (None, "latest", "auto") or Path(self.resume).is_dir():
+            return None
+        return self.resume
+
+
+HELP = {
+    "data": "training data: dataset ZIP or folder (required)",
+    "outdir": "parent folder of numbered run folders",
+    "run_dir": "exact run folder instead of <outdir>/<id>-<desc>",
+    "cfg": f"preset: {'|'.join(PRESETS)}",
+    "cond": "condition on dataset labels",
+    "mirror": "add x-flipped copies of the images",
+    "subset": "train on a random subset of N images",
+    "gamma": "R1 regularization weight (default: preset)",
+    "pl_weight": "path-length regularization weight (default: preset; 0 = off)",
+    "style_mixing": "style-mixing probability (default: preset; 0 = off)",
+    "kimg": "training length in thousands of real images (fractions allowed)",
+    "batch": "global minibatch over all processes",
+    "batch_gpu": "samples per process per accumulation round",
+    "snap": "network snapshot interval in ticks",
+    "image_snapshot_ticks": "fakes grid interval in ticks (default: snap)",
+    "checkpoint_ticks": "full-state checkpoint interval in ticks (default: snap)",
+    "keep_checkpoints": "keep the newest K complete checkpoints",
+    "seed": "random seed",
+    "resume": ("'latest', 'auto' (latest, or a fresh run in run_dir when options changed), a checkpoint folder, "
+               "or a snapshot/official pickle path or URL (transfer learning)"),
+    "freezed": "Freeze-D: the first N discriminator layers are not trained",
+    "freeze_mapping": "keep the generator's mapping network fixed",
+    "fp32": "disable mixed precision",
+    "nhwc": "channels-last memory format for fp16 layers",
+    "allow_tf32": "allow TF32 matmuls/convolutions",
+    "nobench": "disable cuDNN benchmarking",
+    "workers": "DataLoader worker processes",
+    "metrics": "comma-separated metrics computed on every network snapshot, e.g. fid50k_full (none: skip)",
+    "detector_dir": "folder with inception-2015-12-05.pt / vgg16.pt for --metrics (also $SG2_DETECTOR_DIR)",
+    "aug": "augmentation: noaug|ada|fixed",
+    "p": "augmentation probability for aug=fixed",
+    "target": f"ADA target for the r_t heuristic (default {DEFAULT_ADA_TARGET})",
+    "augpipe": "augmentation pipeline (e.g. bgc)",
+    "ada_kimg": "kimg for ADA's p to move by one unit",
+    "ada_interval": "ADA adjustment every N minibatches",
+    "tick_kimg": "progress tick length in kimg",
+    "grid_w": "image grid columns (0 = official layout)",
+    "grid_h": "image grid rows, one label per row for conditional data (0 = official layout)",
+    "cpu": "train on CPU even when CUDA is available",
+    "mlflow": "log to MLflow (also: SG2_MLFLOW=1)",
+    "dry_run": "print the resolved options and exit",
+}

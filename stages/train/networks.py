@@ -1,0 +1,34 @@
+"""The networks of a run: G, D, G_ema and the augmentation pipeline from the resolved options, and
+pretrained weights copied in for transfer learning."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from models import Discriminator, Generator, load_network, make_augment_pipe
+from stages.common.config import ConfigError
+from stages.train import checkpoint as ckpt
+from stages.train.options import TrainingOptions
+
+
+def build_networks(opts: TrainingOptions, device: torch.device) -> dict[str, torch.nn.Module | None]:
+    """{'G', 'D', 'G_ema', 'augment_pipe'}: in training mode, gradients off until a phase turns them on."""
+    G = Generator(**opts.G_kwargs).train().requires_grad_(False).to(device)
+    D = Discriminator(**opts.D_kwargs).train().requires_grad_(False).to(device)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    augment_pipe = None
+    if opts.augment_kwargs is not None and (opts.augment_p > 0 or opts.ada_target is not None):
+        augment_pipe = make_augment_pipe(opts.augment_kwargs["augpipe"], p=float(opts.augment_p))
+        augment_pipe = augment_pipe.train().requires_grad_(False).to(device)
+    return {"G": G, "D": D, "G_ema": G_ema, "augment_pipe": augment_pipe}
+
+
+def transfer_weights(source: str, nets: dict[str, torch.nn.Module]) -> None:
+    """Copy G, D, G_ema from a snapshot or official pickle; every differing tensor is named."""
+    data = load_network(source)
+    for name, module in nets.items():
+        if name not in data:
+            raise ConfigError(f"resume: {source} has no {name}")
+        ckpt.load_module_state(module, data[name].state_dict(), f"resume {source} [{name}]")

@@ -1,0 +1,38 @@
+"""`python -m stages.validate`: a great-expectations suite over a prepared dataset.
+
+    python -m stages.validate --dataset data/datasets/cats.zip [--out reports/validation.json]
+
+Decodes every image of the ZIP or folder into a manifest and checks what training relies on (see
+`stages.validate.suite`). `reports/validation.json` (a DVC metric) holds flat numbers and one entry per
+expectation. Exit status: 0 passed, 1 a critical expectation failed (the metrics file is still written),
+2 bad input (options, unreadable dataset).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from stages.common.cli import add_config_flags, load_config, run_stage, stage_parser
+from stages.validate.config import HELP, ValidateConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = stage_parser("python -m stages.validate", __doc__)
+    add_config_flags(parser, ValidateConfig, HELP)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    def body(args: argparse.Namespace) -> None:
+        from stages.validate.suite import ValidationFailed, format_summary, validate_dataset
+
+        config = load_config(ValidateConfig, "validate", args)
+        try:
+            summary = validate_dataset(config)
+        except ValidationFailed as exc:
+            print(format_summary(exc.summary))
+            raise ValidationFailed(f"{exc}; metrics in {config.out}", exc.summary) from None
+        print(format_summary(summary))
+
+    return run_stage(build_parser(), argv, body)
