@@ -346,3 +346,33 @@ def test_ada_raises_p_by_itself_on_a_100_image_subset(tmp_path):
     unreachable = train(cfg(data, tmp_path / "never", target=1.0, **common))
     last = json.loads((unreachable / "stats.jsonl").read_text().splitlines()[-1])
     assert last["Progress/augment"]["mean"] == 0
+
+
+def test_resume_latest_falls_back_past_a_refused_or_mismatched_newest_checkpoint(data, tmp_path):
+    """A newest checkpoint whose checksum matches but whose contents the safe loader refuses (a disallowed
+    global), or whose tensors have other shapes, is named and the previous intact one is used."""
+    import datetime
+    import hashlib
+
+    run_dir = tmp_path / "run"
+    train(cfg(data, run_dir, steps=2))
+    newest = ckpt.find_latest(run_dir)
+
+    def replace_state(obj) -> None:
+        torch.save(obj, newest / ckpt.STATE)
+        raw = (newest / ckpt.STATE).read_bytes()
+        (newest / ckpt.COMMIT).write_text(json.dumps({"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}))
+
+    good = latest_state(run_dir)
+    replace_state({**good, "progress": {**good["progress"], "when": datetime.date(2026, 1, 1)}})
+    train(cfg(data, run_dir, steps=3, resume="latest"))
+    log = (run_dir / "log.txt").read_text()
+    assert "cannot be loaded safely" in log and "datetime" in log
+    assert f"resuming from checkpoint {run_dir / ckpt.CKPT_DIR / ckpt.checkpoint_name(4)}" in log
+
+    newest = ckpt.find_latest(run_dir)
+    good = latest_state(run_dir)
+    replace_state({**good, "G": {k: v[..., :1] if v.ndim else v for k, v in good["G"].items()}})  # other shapes
+    train(cfg(data, run_dir, steps=4, resume="latest"))
+    log = (run_dir / "log.txt").read_text()
+    assert "shape mismatch" in log and "used an older checkpoint" in log

@@ -97,3 +97,12 @@ def run_stage(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_BAD_INPUT
     prog = parser.prog if getattr(args, "command", None) is None else f"{parser.prog} {args.command}"
     return run_cli(prog, lambda: body(args), debug=getattr(args, "debug", False))
+
+
+def config_command(prog: str, doc: str | None, cls: type[T], help: dict[str, str], argv: Sequence[str] | None,
+                   work: Callable[[T], Any]) -> int:
+    """The whole command line of a single-command stage: flags from `cls`, its params section
+    (`cls.SECTION`), then `work(config)` inside the error boundary."""
+    parser = stage_parser(prog, doc)
+    add_config_flags(parser, cls, help)
+    return run_stage(parser, argv, lambda args: work(load_config(cls, cls.SECTION, args)))

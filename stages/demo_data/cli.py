@@ -8,23 +8,16 @@ unless --force is given.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
-from stages.common.cli import add_config_flags, load_config, run_stage, stage_parser
+from stages.common.cli import config_command
 from stages.demo_data.digits import HELP, DemoDataConfig, write_digits
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = stage_parser("python -m stages.demo_data", __doc__)
-    add_config_flags(parser, DemoDataConfig, HELP)
-    return parser
+def _run(cfg: DemoDataConfig) -> None:
+    summary = write_digits(cfg.out, invert=cfg.invert, force=cfg.force)
+    print(f"wrote {summary['images']} digits in {summary['classes']} classes to {summary['path']}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    def body(args: argparse.Namespace) -> None:
-        cfg = load_config(DemoDataConfig, "demo", args)
-        summary = write_digits(cfg.out, invert=cfg.invert, force=cfg.force)
-        print(f"wrote {summary['images']} digits in {summary['classes']} classes to {summary['path']}")
-
-    return run_stage(build_parser(), argv, body)
+    return config_command("python -m stages.demo_data", __doc__, DemoDataConfig, HELP, argv, _run)

@@ -12,23 +12,17 @@ Exit status: 0 ok (or detectors missing with --skip-missing-detectors), 1 detect
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
-from stages.common.cli import add_config_flags, load_config, run_stage, stage_parser
+from stages.common.cli import config_command
 from stages.evaluate.config import HELP, EvaluateConfig
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = stage_parser("python -m stages.evaluate", __doc__)
-    add_config_flags(parser, EvaluateConfig, HELP)
-    return parser
+def _run(cfg: EvaluateConfig) -> None:
+    from stages.evaluate.evaluation import evaluate
+
+    evaluate(cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    def body(args: argparse.Namespace) -> None:
-        from stages.evaluate.evaluation import evaluate
-
-        evaluate(load_config(EvaluateConfig, "evaluate", args))
-
-    return run_stage(build_parser(), argv, body)
+    return config_command("python -m stages.evaluate", __doc__, EvaluateConfig, HELP, argv, _run)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from stages.common.errors import BadInput
 from stages.common.images import nhwc, save_png, to_uint8
 from stages.common.seeds import seeds_to_z
 from stages.export.parity import ort_session
@@ -38,14 +39,18 @@ class Renderer:
             self.c_dim = int(engine.get_tensor_shape("c")[1]) if "c" in self.input_names else 0
         else:
             self._trt = None
-            self.session = ort_session(str(self.path), providers)
+            try:
+                self.session = ort_session(str(self.path), providers)
+            except Exception as exc:  # onnxruntime's own error types (InvalidProtobuf, Fail, ...)
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise BadInput(f"{self.path}: not a loadable ONNX graph ({first})") from None
             shapes = {i.name: i.shape for i in self.session.get_inputs()}
             self.input_names = list(shapes)
             self.output_name = self.session.get_outputs()[0].name
             self.z_dim = int(shapes["z"][1])
             self.c_dim = int(shapes["c"][1]) if "c" in shapes else 0
         if "z" not in self.input_names or "truncation_psi" not in self.input_names:
-            raise ValueError(f"{self.path}: not a generator graph (inputs {self.input_names}; need z, truncation_psi)")
+            raise BadInput(f"{self.path}: not a generator graph (inputs {self.input_names}; need z, truncation_psi)")
 
     def feeds(self, seeds: Sequence[int], psi: float | Sequence[float] = 1.0,
               class_idx: int | Sequence[int] | None = None) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,13 @@ def run_command(command: str, cfg: CommonConfig, progress: bool = True) -> tuple
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        # argparse would read the option's value as the command ("invalid choice: '1'").
+        print(f"{PROG}: error: the command comes first: {PROG} <{'|'.join([*COMMANDS, 'convert'])}> "
+              f"[options]; got {argv[0]} (see --help)", file=sys.stderr)
+        return 2
+
     def body(args: argparse.Namespace) -> None:
         if args.command == "convert":
             convert_cli.run(args)

@@ -27,37 +27,30 @@ nothing usable, --on-error fail).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
 
-from stages.common.cli import add_config_flags, load_config, run_stage, stage_parser
+from stages.common.cli import config_command
 from stages.prepare.config import HELP, PrepareConfig
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = stage_parser("python -m stages.prepare", __doc__)
-    add_config_flags(parser, PrepareConfig, HELP)
-    return parser
+def _run(config: PrepareConfig) -> None:
+    from stages.prepare.conversion import prepare_dataset, report_path
+
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING)  # per-image lines and the run summary go to <dest>.log
+    console.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("stages.prepare").addHandler(console)
+    try:
+        summary = prepare_dataset(config)
+    finally:
+        logging.getLogger("stages.prepare").removeHandler(console)
+    res, ch = summary["resolution"], summary["channels"]
+    print(f"wrote {summary['num_written']} images {res}x{res}x{ch} to {config.dest} ({summary['num_skipped']} "
+          f"skipped, {summary['num_fixed']} fixed; {summary['images_per_second']:.1f} img/s); "
+          f"report: {report_path(config.dest)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    def body(args: argparse.Namespace) -> None:
-        from stages.prepare.conversion import prepare_dataset, report_path
-
-        config = load_config(PrepareConfig, "prepare", args)
-        console = logging.StreamHandler(sys.stderr)
-        console.setLevel(logging.WARNING)  # per-image lines and the run summary go to <dest>.log
-        console.setFormatter(logging.Formatter("%(message)s"))
-        logging.getLogger("stages.prepare").addHandler(console)
-        try:
-            summary = prepare_dataset(config)
-        finally:
-            logging.getLogger("stages.prepare").removeHandler(console)
-        res, ch = summary["resolution"], summary["channels"]
-        print(f"wrote {summary['num_written']} images {res}x{res}x{ch} to {config.dest} ({summary['num_skipped']} "
-              f"skipped, {summary['num_fixed']} fixed; {summary['images_per_second']:.1f} img/s); "
-              f"report: {report_path(config.dest)}")
-
-    return run_stage(build_parser(), argv, body)
+    return config_command("python -m stages.prepare", __doc__, PrepareConfig, HELP, argv, _run)

@@ -276,8 +276,10 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> tuple[dict[
         state = torch.load(path / STATE, map_location="cpu", weights_only=True)
         meta = json.loads((path / META).read_text())
     except Exception as exc:  # weights_only refusals (UnpicklingError), truncation, bad JSON: all unusable
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise CorruptCheckpointError(f"{path}: cannot be loaded safely ({type(exc).__name__}: {first})") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        # torch's refusal names the global on a later line ("Unsupported global: GLOBAL datetime.date ...").
+        why = next((line for line in lines if "Unsupported global" in line), lines[0])[:300]
+        raise CorruptCheckpointError(f"{path}: cannot be loaded safely ({type(exc).__name__}: {why})") from None
     if not isinstance(state, dict) or not isinstance(meta, dict):
         raise CorruptCheckpointError(f"{path}: not a training checkpoint of this project")
     return state, meta

@@ -9,24 +9,17 @@ Exit status: 0 done (or stopped by SIGTERM with a checkpoint), 1 environment (di
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
-from stages.common.cli import add_config_flags, load_config, run_stage, stage_parser
+from stages.common.cli import config_command
 from stages.train.config import HELP, TrainConfig
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = stage_parser("python -m stages.train", __doc__)
-    add_config_flags(parser, TrainConfig, HELP)
-    return parser
+def _run(cfg: TrainConfig) -> None:
+    from stages.train.loop import train  # networks and Accelerate load only once the flags are valid
+
+    train(cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    def body(args: argparse.Namespace) -> None:
-        cfg = load_config(TrainConfig, "train", args)
-        from stages.train.loop import train  # networks and Accelerate load only once the flags are valid
-
-        train(cfg)
-
-    return run_stage(build_parser(), argv, body)
+    return config_command("python -m stages.train", __doc__, TrainConfig, HELP, argv, _run)

@@ -27,7 +27,7 @@ from stages.train.collectives import Collectives
 from stages.train.config import TrainConfig
 from stages.train.console import RunLog, stop_on_signals, tick_line
 from stages.train.data import InfiniteBatchSampler, make_loader
-from stages.train.networks import build_networks, transfer_weights
+from stages.train.networks import build_networks, load_pretrained, transfer_weights
 from stages.train.options import TrainingOptions, config_hash, diff_keys, format_table, resolve_options
 from stages.train.phases import FrozenMapping, TrainingStep, build_phases, optimizers, update_ema
 from stages.train.run_folder import RunPlan, clear_outputs, plan_run
@@ -52,6 +52,7 @@ def train(cfg: TrainConfig) -> Path | None:
             print(f"run folder: {plan.run_dir}\nresume from: {plan.restore_from or plan.transfer_source or '-'}\n")
             print(format_table(opts))
         return None
+    pretrained = load_pretrained(plan.transfer_source) if plan.transfer_source and not plan.restore_from else None
     run_dir = plan.run_dir
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -79,9 +80,9 @@ def train(cfg: TrainConfig) -> Path | None:
     # --- restore --------------------------------------------------------------------------------------
     if plan.restore_from is not None:
         restore(state, plan, cfg, ident, run_dir, log, rank, world, device, main)
-    elif plan.transfer_source is not None:
+    elif pretrained is not None:
         log(f"starting from network weights {plan.transfer_source} (transfer learning)")
-        transfer_weights(plan.transfer_source, state.nets)
+        transfer_weights(plan.transfer_source, pretrained, state.nets)
     coll.broadcast_modules(G, D, G_ema, augment_pipe)  # restored and transferred weights are equal already
     prog = state.progress
     sampler = InfiniteBatchSampler(len(dataset), opts.batch_size, opts.random_seed, rank, world,

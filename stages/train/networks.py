@@ -4,6 +4,7 @@ pretrained weights copied in for transfer learning."""
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 
@@ -25,9 +26,17 @@ def build_networks(opts: TrainingOptions, device: torch.device) -> dict[str, tor
     return {"G": G, "D": D, "G_ema": G_ema, "augment_pipe": augment_pipe}
 
 
-def transfer_weights(source: str, nets: dict[str, torch.nn.Module]) -> None:
-    """Copy G, D, G_ema from a snapshot or official pickle; every differing tensor is named."""
+def load_pretrained(source: str) -> dict[str, Any]:
+    """The networks of a snapshot, official pickle or URL to start from (read before any file is written)."""
     data = load_network(source)
+    missing = [name for name in ("G", "D", "G_ema") if data.get(name) is None]
+    if missing:
+        raise ConfigError(f"resume: {source} has no {', '.join(missing)}")
+    return data
+
+
+def transfer_weights(source: str, data: dict[str, Any], nets: dict[str, torch.nn.Module]) -> None:
+    """Copy G, D, G_ema of `data` (from `load_pretrained`) into `nets`; every differing tensor is named."""
     for name, module in nets.items():
         if name not in data:
             raise ConfigError(f"resume: {source} has no {name}")

@@ -10,29 +10,22 @@ expectation. Exit status: 0 passed, 1 a critical expectation failed (the metrics
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
-from stages.common.cli import add_config_flags, load_config, run_stage, stage_parser
+from stages.common.cli import config_command
 from stages.validate.config import HELP, ValidateConfig
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = stage_parser("python -m stages.validate", __doc__)
-    add_config_flags(parser, ValidateConfig, HELP)
-    return parser
+def _run(config: ValidateConfig) -> None:
+    from stages.validate.suite import ValidationFailed, format_summary, validate_dataset
+
+    try:
+        summary = validate_dataset(config)
+    except ValidationFailed as exc:
+        print(format_summary(exc.summary))
+        raise ValidationFailed(f"{exc}; metrics in {config.out}", exc.summary) from None
+    print(format_summary(summary))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    def body(args: argparse.Namespace) -> None:
-        from stages.validate.suite import ValidationFailed, format_summary, validate_dataset
-
-        config = load_config(ValidateConfig, "validate", args)
-        try:
-            summary = validate_dataset(config)
-        except ValidationFailed as exc:
-            print(format_summary(exc.summary))
-            raise ValidationFailed(f"{exc}; metrics in {config.out}", exc.summary) from None
-        print(format_summary(summary))
-
-    return run_stage(build_parser(), argv, body)
+    return config_command("python -m stages.validate", __doc__, ValidateConfig, HELP, argv, _run)
