@@ -7,6 +7,7 @@ params, metrics, artifacts and the registered generator.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -122,3 +123,26 @@ def test_mlflow_read_back(project, flow_result):
     images = np.asarray(model.predict(pd.DataFrame({"seed": [0, 1], "truncation_psi": [1.0, 0.7],
                                                     "class_idx": [3, 7]})))
     assert images.shape == (2, 16, 16, 1) and images.dtype == np.uint8
+
+
+def test_own_images_are_never_touched_by_the_demo_stage(tmp_path):
+    """With `prepare.source` pointing at the user's folder, `dvc repro demo_data` writes only demo.out."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("stages", "models", "ops"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=ignore)
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["prepare"]["source"] = "data/raw/photos"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    photos = tmp_path / "data" / "raw" / "photos"
+    photos.mkdir(parents=True)
+    (photos / "holiday.jpg").write_bytes(b"the user's photo")
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env.pop("SG2_PARAMS", None)
+    subprocess.run([dvc, "repro", "--single-item", "demo_data"], cwd=tmp_path, check=True, env=env,
+                   capture_output=True)
+    assert sorted(p.name for p in photos.iterdir()) == ["holiday.jpg"]
+    assert (photos / "holiday.jpg").read_bytes() == b"the user's photo"
+    assert len(list((tmp_path / "data" / "raw" / "digits").rglob("*.png"))) == 1797

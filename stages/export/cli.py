@@ -43,6 +43,9 @@ def export(args: argparse.Namespace) -> None:
     # Our progress lines at INFO; the exporter/optimizer libraries log hundreds of INFO lines per graph.
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     logging.getLogger("stages.export").setLevel(logging.INFO)
+    # torch's exporter names every torchvision op it skips (nms, roi_align, ...) on each export: the
+    # generator uses none of them, so the lines are noise here.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     from stages.export.exporter import export_all
 
     summary = export_all(config)
