@@ -4,7 +4,7 @@
 PYTHON      ?= python3.11
 VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
-EXTRAS      ?= dev,data,pipeline,export
+EXTRAS      ?= dev,data,pipeline,export,features
 PY          := $(VENV)/bin/python
 PIP         := $(VENV)/bin/pip
 comma       := ,

@@ -16,6 +16,7 @@ from models.stylegan2.discriminator import Discriminator
 from models.stylegan2.generator import Generator
 from models.stylegan2.mapping import MappingNetwork
 from models.stylegan2.synthesis import SynthesisNetwork
+from models.stylegan3.generator import StyleGAN3Generator
 
 __all__ = [
     "AUGPIPE_SPECS",
@@ -26,6 +27,7 @@ __all__ = [
     "MappingNetwork",
     "SnapshotError",
     "StateMismatchError",
+    "StyleGAN3Generator",
     "SynthesisNetwork",
     "UnsafePickleError",
     "UnsupportedPickleError",

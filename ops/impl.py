@@ -23,6 +23,7 @@ _AVAILABLE: dict[str, tuple[str, ...]] = {
     "bias_act": ("fast", "ref"),
     "upfirdn2d": ("fast", "ref"),
     "fma": ("fast", "ref"),
+    "filtered_lrelu": ("fast", "ref"),
 }
 
 _in_use: dict[str, str] = {}

@@ -13,9 +13,12 @@ the source and the state. The records are then mapped onto this project's classe
 rebuilt from its recorded init kwargs and its parameters/buffers (collected by walking `_parameters`,
 `_buffers` and `_modules`) are loaded strictly.
 
-Supported: StyleGAN2-ADA-PyTorch pickles (`training.networks`) and StyleGAN2-architecture pickles written
-by the StyleGAN3 repository (`training.networks_stylegan2`, same persistence format). Refused with a clear
-message: StyleGAN3 alias-free generators and the old TensorFlow StyleGAN2 pickles.
+Supported: StyleGAN2-ADA-PyTorch pickles (`training.networks`) and the StyleGAN3 repository's pickles, both
+its StyleGAN2-architecture networks (`training.networks_stylegan2`) and its alias-free generators
+(`training.networks_stylegan3`, rebuilt as `models.stylegan3.StyleGAN3Generator`; their D is StyleGAN2's).
+All use the same persistence format. The class name "Generator" is shared by both families; a generator is
+alias-free when its module tree holds a `SynthesisInput` (the Fourier-feature input). Refused with a clear
+message: the old TensorFlow StyleGAN2 pickles (see `tf_pickle` for those).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class UnsafePickleError(pickle.UnpicklingError):
 
 
 class UnsupportedPickleError(ValueError):
-    """A well-formed pickle of a kind this project cannot import (TF StyleGAN2, StyleGAN3, unknown class)."""
+    """A well-formed pickle of a kind this project cannot import (TF StyleGAN2, unknown class, bad kwargs)."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -283,6 +286,26 @@ def _normalize_generator_kwargs(cls: type, kwargs: dict[str, Any]) -> dict[str, 
 
 
 _NETWORK_CLASSES = ("Generator", "Discriminator")
+ALIAS_FREE_GENERATOR = "StyleGAN3Generator"  # snapshot registry name of the StyleGAN3 generator
+
+
+def _project_class_name(record: PersistentRecord, key: str) -> str:
+    """This project's registry name for an official network record.
+
+    Both official generator families are called "Generator"; the alias-free one is recognised by its
+    Fourier-feature input module. A record whose embedded source defines StyleGAN3's classes but whose
+    tree has no such input is contradictory and refused rather than guessed at.
+    """
+    if record.class_name != "Generator":
+        return record.class_name
+    if any(getattr(r, "class_name", "") == "SynthesisInput" for r in _iter_records(record)):
+        return ALIAS_FREE_GENERATOR
+    if record.alias_free:
+        raise UnsupportedPickleError(
+            f"{key}: the embedded source is StyleGAN3's alias-free networks, but the Generator has no "
+            "SynthesisInput module; cannot tell which architecture the weights belong to"
+        )
+    return "Generator"
 
 
 def network_from_record(record: Any, key: str) -> torch.nn.Module:
@@ -290,28 +313,24 @@ def network_from_record(record: Any, key: str) -> torch.nn.Module:
     if not isinstance(record, PersistentRecord):
         raise UnsupportedPickleError(f"{key}: expected a persistent network object, got {type(record).__name__}")
     if record.class_name not in _NETWORK_CLASSES:
-        raise UnsupportedPickleError(f"{key}: class {record.class_name!r} is not a StyleGAN2 Generator/Discriminator")
-    if record.class_name == "Generator" and (
-        record.alias_free or any(getattr(r, "class_name", "") == "SynthesisInput" for r in _iter_records(record))
-    ):
         raise UnsupportedPickleError(
-            f"{key}: StyleGAN3 (alias-free) generator; only StyleGAN2-architecture networks are supported "
-            "(StyleGAN2-ADA pickles, or StyleGAN3-repo pickles trained with --cfg=stylegan2)"
+            f"{key}: class {record.class_name!r} is not a StyleGAN2/StyleGAN3 Generator or Discriminator"
         )
-    cls = lookup_class(record.class_name)
+    class_name = _project_class_name(record, key)
+    cls = lookup_class(class_name)
     if cls is None:
-        raise UnsupportedPickleError(f"{key}: no {record.class_name} class registered in this project")
+        raise UnsupportedPickleError(f"{key}: no {class_name} class registered in this project")
     args = _plain(record.state.get("_init_args", ()))
     kwargs = _plain(record.state.get("_init_kwargs", {}))
     if not isinstance(args, tuple) or not isinstance(kwargs, dict):
         raise UnsupportedPickleError(f"{key}: missing or malformed _init_args/_init_kwargs in the pickle")
-    if record.class_name == "Generator":
+    if class_name == "Generator":
         kwargs = _normalize_generator_kwargs(cls, kwargs)
     try:
         module = cls(*args, **kwargs)
-    except TypeError as exc:
-        raise UnsupportedPickleError(f"{key}: cannot build {record.class_name} from the pickled kwargs: {exc}") from exc
-    load_state_strict(module, collect_state(record), what=f"{key} ({record.class_name})")
+    except (TypeError, ValueError) as exc:
+        raise UnsupportedPickleError(f"{key}: cannot build {class_name} from the pickled kwargs: {exc}") from exc
+    load_state_strict(module, collect_state(record), what=f"{key} ({class_name})")
     return module.cpu().eval().requires_grad_(False)
 
 

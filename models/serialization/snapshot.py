@@ -69,8 +69,15 @@ def _load_default_classes() -> None:
     from models.stylegan2.generator import Generator
     from models.stylegan2.mapping import MappingNetwork
     from models.stylegan2.synthesis import SynthesisNetwork
+    from models.stylegan3.generator import StyleGAN3Generator
+    from models.stylegan3.mapping import StyleGAN3MappingNetwork
+    from models.stylegan3.synthesis import StyleGAN3SynthesisNetwork
 
-    for cls in (Generator, Discriminator, MappingNetwork, SynthesisNetwork):
+    # Snapshot class names are the Python class names, so every family's classes must have distinct
+    # ones: StyleGAN2's "Generator" (the official name, kept for existing snapshots) and
+    # "StyleGAN3Generator" for the alias-free one.
+    for cls in (Generator, Discriminator, MappingNetwork, SynthesisNetwork,
+                StyleGAN3Generator, StyleGAN3MappingNetwork, StyleGAN3SynthesisNetwork):
         _REGISTRY.setdefault(cls.__name__, cls)
     # The augmentation pipeline arrives later; once `models/augment.py` exists its AugmentPipe is
     # rebuilt as a module, until then augment state travels as a plain dict (see `TensorGroup`).

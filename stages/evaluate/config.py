@@ -30,6 +30,7 @@ class EvaluateConfig:
     truncation_psi: float = 1.0
     noise_mode: Literal["random", "const", "none"] = "random"
     skip_missing_detectors: bool = False      # absent detector: skip the metric (exit 0) instead of failing
+    fid_trace: Literal["eig", "sqrtm"] = "eig"  # tr(sqrt(Σ1Σ2)): symmetric eigendecomposition, or scipy sqrtm
     mlflow: bool = False
     progress: bool = True
     cpu: bool = False
@@ -72,6 +73,7 @@ HELP = {
     "truncation_psi": "truncation of the generated images (1 = none)",
     "noise_mode": "per-pixel noise of the generated images",
     "skip_missing_detectors": "skip metrics whose detector file is absent instead of failing",
+    "fid_trace": "eig: tr(sqrt(S1 S2)) from a symmetric eigendecomposition (seconds); sqrtm: scipy (official, ~1 min)",
     "mlflow": "log results and jsonl files to MLflow (also SG2_MLFLOW=1)",
     "progress": "progress bars on stderr",
     "cpu": "run on CPU even when CUDA is available",

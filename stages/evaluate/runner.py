@@ -20,7 +20,7 @@ import torch
 from stages.common.fileio import append_jsonl, write_json_atomic
 from stages.common.progress import format_time
 from stages.evaluate import formulas
-from stages.evaluate.detectors import DetectorNotFoundError, detector_identity, find_detector, load_detector_file
+from stages.evaluate.detectors import DetectorNotFoundError, check_detector, open_detector
 from stages.evaluate.distributed import ProcessGroup, SingleProcess, is_main
 from stages.evaluate.features import (
     FeatureStats,
@@ -54,6 +54,7 @@ class MetricOptions:
     group: ProcessGroup = field(default_factory=SingleProcess)
     progress: bool = True
     allow_download: bool | None = None                 # None = unless $SG2_OFFLINE
+    fid_trace: str = "eig"                             # "eig" (fast) | "sqrtm" (the official computation)
 
 
 def make_dataset(dataset_kwargs: dict[str, Any], spec: MetricSpec) -> Any:
@@ -78,8 +79,7 @@ def _all_labels(dataset: Any, c_dim: int) -> np.ndarray | None:
 
 
 def _detector(name: str, opts: MetricOptions) -> tuple[Any, str]:
-    path = find_detector(name, detector_dir=opts.detector_dir, allow_download=opts.allow_download)
-    return load_detector_file(path, opts.device), detector_identity(path)
+    return open_detector(name, detector_dir=opts.detector_dir, device=opts.device, allow_download=opts.allow_download)
 
 
 def _real_stats(spec: MetricSpec, dataset: Any, det: Any, det_id: str, kwargs: dict, capture: str,
@@ -111,7 +111,8 @@ def compute_metric(spec: MetricSpec, G: Any, dataset_kwargs: dict[str, Any], opt
         real = _real_stats(spec, dataset, det, det_id, FEATURES, "meancov", opts)
         gen = _gen_stats(spec, G, labels, det, FEATURES, "meancov", opts)
         if main:
-            results = {spec.name: formulas.frechet_distance(gen.mean, gen.cov, real.mean, real.cov)}
+            results = {spec.name: formulas.frechet_distance(gen.mean, gen.cov, real.mean, real.cov,
+                                                            trace=opts.fid_trace)}
     elif spec.kind == "kid":
         real = _real_stats(spec, dataset, det, det_id, FEATURES, "all", opts)
         gen = _gen_stats(spec, G, labels, det, FEATURES, "all", opts)
@@ -177,7 +178,7 @@ def compute_metrics(
     for spec in specs:
         if spec.uses_reals or spec.kind in ("is", "ppl"):
             try:
-                find_detector(spec.detector, detector_dir=opts.detector_dir, allow_download=opts.allow_download)
+                check_detector(spec.detector, detector_dir=opts.detector_dir, allow_download=opts.allow_download)
             except DetectorNotFoundError as exc:
                 if not skip_missing_detectors:
                     raise
