@@ -8,11 +8,14 @@ lazy-regularization scheme are the paper's Section 3.1.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+
+import ops
 
 PHASES = ("Gmain", "Greg", "Gboth", "Dmain", "Dreg", "Dboth")
 
@@ -77,8 +80,11 @@ class StyleGAN2Loss:
         pl_batch_shrink: int = 2,         # path-length batch = batch // shrink, to save compute
         pl_decay: float = 0.01,           # EMA decay of the path-length mean a
         pl_weight: float = 2.0,           # path-length weight (0 = off)
+        blur_init_sigma: float = 0.0,     # StyleGAN3-R: blur D's inputs with this sigma at the start ...
+        blur_fade_kimg: float = 0.0,      # ... fading linearly to 0 over this many kimg
         stats: StatsSink | None = None,
         device: torch.device | str = "cpu",
+        update_emas_explicitly: bool = False,  # StyleGAN3: G tracks w_avg/magnitude EMAs only when told to
     ) -> None:
         self.G_mapping, self.G_synthesis, self.D = G_mapping, G_synthesis, D
         self.augment_pipe = augment_pipe
@@ -87,24 +93,41 @@ class StyleGAN2Loss:
         self.pl_batch_shrink = pl_batch_shrink
         self.pl_decay = pl_decay
         self.pl_weight = pl_weight
+        self.blur_init_sigma = blur_init_sigma
+        self.blur_fade_kimg = blur_fade_kimg
+        self.update_emas_explicitly = update_emas_explicitly
         self.stats: StatsSink = stats or _NoStats()
         self.pl_mean = torch.zeros([], device=device)
 
-    def run_G(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ws = self.G_mapping(z, c)
+    def run_G(self, z: torch.Tensor, c: torch.Tensor, update_emas: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        # StyleGAN2-ADA's mapping folds every training-mode batch into w_avg; StyleGAN3's networks track
+        # their EMAs (w_avg, magnitude_ema) only in D's generator pass, where `update_emas` is True.
+        emas = {"update_emas": update_emas} if self.update_emas_explicitly else {}
+        ws = self.G_mapping(z, c, **emas)
         if self.style_mixing_prob > 0:
             # One cutoff for the whole batch, as in the paper's implementation: layers from `cutoff`
             # on take their styles from a second latent.
             cutoff = torch.empty([], dtype=torch.int64, device=ws.device).random_(1, ws.shape[1])
             mix = torch.rand([], device=ws.device) < self.style_mixing_prob
             cutoff = torch.where(mix, cutoff, torch.full_like(cutoff, ws.shape[1]))
-            ws2 = self.G_mapping(torch.randn_like(z), c, skip_w_avg_update=True)
+            ws2 = self.G_mapping(torch.randn_like(z), c, **({} if emas else {"skip_w_avg_update": True}))
             layer = torch.arange(ws.shape[1], device=ws.device)[None, :, None]
             ws = torch.where(layer < cutoff, ws, ws2)
-        img = self.G_synthesis(ws)
+        img = self.G_synthesis(ws, **emas)
         return img, ws
 
-    def run_D(self, img: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def blur_sigma(self, cur_nimg: int) -> float:
+        """StyleGAN3 Sec. 3.2 / official loss: D sees blurred images early on, the blur fading out linearly."""
+        if self.blur_fade_kimg <= 0:
+            return 0.0
+        return max(1 - cur_nimg / (self.blur_fade_kimg * 1e3), 0) * self.blur_init_sigma
+
+    def run_D(self, img: torch.Tensor, c: torch.Tensor, blur_sigma: float = 0.0) -> torch.Tensor:
+        blur_size = math.floor(blur_sigma * 3)
+        if blur_size > 0:
+            taps = torch.arange(-blur_size, blur_size + 1, device=img.device, dtype=torch.float32)
+            f = taps.div(blur_sigma).square().neg().exp2()  # Gaussian in base 2, as the official loss writes it
+            img = ops.filter2d(img, f / f.sum())
         if self.augment_pipe is not None:
             img = self.augment_pipe(img)
         return self.D(img, c)
@@ -117,6 +140,7 @@ class StyleGAN2Loss:
         gen_z: torch.Tensor,      # [NZ]
         gen_c: torch.Tensor,      # [NC]
         gain: float,              # loss multiplier: the lazy-regularization interval for Greg/Dreg
+        cur_nimg: int = 0,        # images shown so far (the StyleGAN3-R blur schedule)
     ) -> None:
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}; expected one of {PHASES}")
@@ -124,10 +148,11 @@ class StyleGAN2Loss:
         do_Dmain = phase in ("Dmain", "Dboth")
         do_Gpl = phase in ("Greg", "Gboth") and self.pl_weight != 0
         do_Dr1 = phase in ("Dreg", "Dboth") and self.r1_gamma != 0
+        blur = self.blur_sigma(cur_nimg)
 
         if do_Gmain:
             gen_img, _ = self.run_G(gen_z, gen_c)
-            gen_logits = self.run_D(gen_img, gen_c)
+            gen_logits = self.run_D(gen_img, gen_c, blur)
             self.stats.report("Loss/scores/fake", gen_logits)
             self.stats.report("Loss/signs/fake", gen_logits.sign())
             loss = g_nonsaturating_loss(gen_logits)
@@ -152,8 +177,8 @@ class StyleGAN2Loss:
         loss_Dgen: torch.Tensor | float = 0.0
         if do_Dmain:
             with torch.no_grad():
-                gen_img, _ = self.run_G(gen_z, gen_c)
-            gen_logits = self.run_D(gen_img, gen_c)
+                gen_img, _ = self.run_G(gen_z, gen_c, update_emas=True)
+            gen_logits = self.run_D(gen_img, gen_c, blur)
             self.stats.report("Loss/scores/fake", gen_logits)
             self.stats.report("Loss/signs/fake", gen_logits.sign())
             loss_Dgen = d_logistic_loss_fake(gen_logits)
@@ -161,7 +186,7 @@ class StyleGAN2Loss:
 
         if do_Dmain or do_Dr1:
             real = real_img.detach().requires_grad_(do_Dr1)
-            real_logits = self.run_D(real, real_c)
+            real_logits = self.run_D(real, real_c, blur)
             self.stats.report("Loss/scores/real", real_logits)
             self.stats.report("Loss/signs/real", real_logits.sign())
             loss_Dreal: torch.Tensor | float = 0.0

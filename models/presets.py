@@ -1,7 +1,10 @@
-"""Training configuration presets: the official StyleGAN2-ADA table plus a `tiny` preset for CPU.
+"""Training configuration presets: the official StyleGAN2-ADA table, the StyleGAN3 configs, and small
+presets for CPU.
 
-The numbers of the official presets are the paper's (StyleGAN2-ADA, Karras et al. 2020, Appendix D and
-the reference implementation's `--cfg` table). `auto` is a pure function of resolution and GPU count.
+The numbers of the official presets are the papers' (StyleGAN2-ADA, Karras et al. 2020, Appendix D and the
+reference implementation's `--cfg` table; StyleGAN3, Karras et al. 2021, and its `train.py`). `auto` is a
+pure function of resolution and GPU count. StyleGAN3 settings that follow from the batch size (EMA
+half-life, magnitude EMA, blur fade) are derived from the actual batch in `stylegan3_batch_rules`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ class Preset:
     pl_weight: float = 2.0   # path-length regularization weight (0 = off)
     style_mixing_prob: float = 0.9
     d_architecture: str = "resnet"
+    family: str = "stylegan2"            # stylegan2 | stylegan3
+    d_lrate: float | None = None         # D's Adam lr when it differs from G's (StyleGAN3: 0.002)
+    g_reg_interval: int | None = 4       # lazy G regularization; None = no Greg phase, unscaled Adam (StyleGAN3)
+    requires_gamma: bool = False         # the official config has no gamma default (StyleGAN3)
+    radial: bool = False                 # StyleGAN3-R: 1x1 convs, 2x channels, radial filters, D input blur
+    num_layers: int = 14                 # StyleGAN3 synthesis layers
 
 
 PRESETS: dict[str, Preset] = {
@@ -48,6 +57,18 @@ PRESETS: dict[str, Preset] = {
     # tens of seconds per kimg. For tests and the demo, not for quality.
     "tiny":      Preset(ref_gpus=1,  kimg=50,     mb=16, mbstd=4,  fmaps=1 / 16, lrate=0.0025, gamma=-1, ema=-1, ramp=0.05, map=2,  # noqa: E501
                         channel_max=64, z_dim=64, w_dim=64, num_fp16_res=0),
+    # StyleGAN3 (alias-free). --gamma has no default (official; recommended at batch 32: 0.5 @128,
+    # 2 @256, 8 @512, 32 @1024 px). No path length, no style mixing, no lazy G regularization.
+    "stylegan3-t": Preset(ref_gpus=1, kimg=25000, mb=32, mbstd=4, fmaps=1, lrate=0.0025, gamma=-1, ema=-1, ramp=0.05, map=2,  # noqa: E501
+                          pl_weight=0.0, style_mixing_prob=0.0, family="stylegan3", d_lrate=0.002, g_reg_interval=None,
+                          requires_gamma=True),
+    "stylegan3-r": Preset(ref_gpus=1, kimg=25000, mb=32, mbstd=4, fmaps=1, lrate=0.0025, gamma=-1, ema=-1, ramp=0.05, map=2,  # noqa: E501
+                          pl_weight=0.0, style_mixing_prob=0.0, family="stylegan3", d_lrate=0.002, g_reg_interval=None,
+                          requires_gamma=True, radial=True),
+    # Not official: a StyleGAN3-T small enough for a CPU (64 channels, 8 layers); for tests and the demo.
+    "stylegan3-tiny": Preset(ref_gpus=1, kimg=50, mb=16, mbstd=4, fmaps=1 / 16, lrate=0.0025, gamma=-1, ema=-1, ramp=0.05, map=2,  # noqa: E501
+                             channel_max=64, z_dim=64, w_dim=64, num_fp16_res=0, pl_weight=0.0, style_mixing_prob=0.0,
+                             family="stylegan3", d_lrate=0.002, g_reg_interval=None, num_layers=8),
 }
 
 
@@ -72,30 +93,54 @@ def resolve_preset(name: str, resolution: int, gpus: int = 1) -> Preset:
             gamma=0.0002 * resolution**2 / mb,
             ema=mb * 10 / 32,
         )
-    elif name == "tiny":
+    elif name in ("tiny", "stylegan3-tiny"):
         spec = dataclasses.replace(spec, gamma=0.0002 * resolution**2 / spec.mb, ema=spec.mb * 10 / 32)
     return spec
+
+
+def stylegan3_batch_rules(batch: int, radial: bool, transfer: bool) -> dict[str, float]:
+    """The StyleGAN3 settings that follow from the global batch (official `train.py`): the G_ema half-life,
+    the magnitude EMA's decay, and for -R the discriminator-input blur (sigma 10 fading out over
+    batch * 200 / 32 kimg; off when starting from pretrained weights)."""
+    return {
+        "ema_kimg": batch * 10 / 32,
+        "magnitude_ema_beta": 0.5 ** (batch / 20_000),
+        "blur_init_sigma": 10.0 if radial and not transfer else 0.0,
+        "blur_fade_kimg": batch * 200 / 32 if radial else 0.0,
+    }
 
 
 def network_kwargs(
     spec: Preset, img_resolution: int, img_channels: int = 3, c_dim: int = 0
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Constructor kwargs for (Generator, Discriminator), laid out like the official networks' init kwargs."""
+    """Constructor kwargs for (Generator, Discriminator), laid out like the official networks' init kwargs
+    (StyleGAN3 generators take their synthesis options flat, as the official class does)."""
     channel_base = int(spec.fmaps * 32768)
-    g_kwargs = dict(
-        z_dim=spec.z_dim,
-        c_dim=c_dim,
-        w_dim=spec.w_dim,
-        img_resolution=img_resolution,
-        img_channels=img_channels,
-        mapping_kwargs=dict(num_layers=spec.map),
-        synthesis_kwargs=dict(
-            channel_base=channel_base,
-            channel_max=spec.channel_max,
-            num_fp16_res=spec.num_fp16_res,
-            conv_clamp=spec.conv_clamp,
-        ),
-    )
+    if spec.family == "stylegan3":
+        g_kwargs: dict[str, Any] = dict(
+            z_dim=spec.z_dim, c_dim=c_dim, w_dim=spec.w_dim, img_resolution=img_resolution,
+            img_channels=img_channels, mapping_kwargs=dict(num_layers=spec.map),
+            channel_base=channel_base * (2 if spec.radial else 1),
+            channel_max=spec.channel_max * (2 if spec.radial else 1),
+            num_layers=spec.num_layers, num_fp16_res=spec.num_fp16_res, conv_clamp=spec.conv_clamp,
+        )
+        if spec.radial:
+            g_kwargs.update(conv_kernel=1, use_radial_filters=True)
+    else:
+        g_kwargs = dict(
+            z_dim=spec.z_dim,
+            c_dim=c_dim,
+            w_dim=spec.w_dim,
+            img_resolution=img_resolution,
+            img_channels=img_channels,
+            mapping_kwargs=dict(num_layers=spec.map),
+            synthesis_kwargs=dict(
+                channel_base=channel_base,
+                channel_max=spec.channel_max,
+                num_fp16_res=spec.num_fp16_res,
+                conv_clamp=spec.conv_clamp,
+            ),
+        )
     d_kwargs = dict(
         c_dim=c_dim,
         img_resolution=img_resolution,
@@ -110,3 +155,8 @@ def network_kwargs(
         epilogue_kwargs=dict(mbstd_group_size=spec.mbstd),
     )
     return g_kwargs, d_kwargs
+
+
+def synthesis_kwargs_of(g_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Where a generator's synthesis options live in its kwargs: nested (StyleGAN2) or flat (StyleGAN3)."""
+    return g_kwargs.get("synthesis_kwargs", g_kwargs)

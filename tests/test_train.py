@@ -376,3 +376,57 @@ def test_resume_latest_falls_back_past_a_refused_or_mismatched_newest_checkpoint
     train(cfg(data, run_dir, steps=4, resume="latest"))
     log = (run_dir / "log.txt").read_text()
     assert "shape mismatch" in log and "used an older checkpoint" in log
+
+
+def test_stylegan3_trains_resumes_exactly_and_follows_the_official_config(data, tmp_path, capsys):
+    """The same loop trains the alias-free generator: no Greg phase, G and D learning rates of their own,
+    batch-derived EMAs, and a resume that continues bit for bit."""
+    straight = train(cfg(data, tmp_path / "straight", steps=4, cfg="stylegan3-tiny", snap=2, checkpoint_ticks=2))
+    opts = json.loads((straight / "training_options.json").read_text())
+    assert opts["G_reg_interval"] is None
+    assert opts["G_opt_kwargs"]["lr"] == 0.0025 and opts["D_opt_kwargs"]["lr"] == 0.002
+    assert opts["ema_kimg"] == 4 * 10 / 32 and opts["G_kwargs"]["magnitude_ema_beta"] == 0.5 ** (4 / 20000)
+    assert opts["loss_kwargs"]["pl_weight"] == 0 and opts["loss_kwargs"]["style_mixing_prob"] == 0
+    from models import StyleGAN3Generator, load_network
+
+    assert isinstance(load_network(straight)["G_ema"], StyleGAN3Generator)
+    resumed_dir = tmp_path / "resumed"
+    train(cfg(data, resumed_dir, steps=2, cfg="stylegan3-tiny", snap=2, checkpoint_ticks=2))
+    train(cfg(data, resumed_dir, steps=4, cfg="stylegan3-tiny", snap=2, checkpoint_ticks=2, resume="latest"))
+    a, b = latest_state(straight), latest_state(resumed_dir)
+    for key in ("G", "D", "G_ema", "optimizers"):
+        assert_same(a[key], b[key], key)
+    assert any(k.endswith("magnitude_ema") for k in a["G_ema"])  # the SG3 buffers travel in the checkpoint
+
+    assert cli_main(["--data", str(data), "--cfg", "stylegan3-r", "--outdir", str(tmp_path)]) == 2
+    assert "pass --gamma" in capsys.readouterr().err
+    assert cli_main(["--data", str(data), "--cfg", "stylegan3-t", "--gamma", "2", "--pl-weight", "2",
+                     "--outdir", str(tmp_path)]) == 2
+    assert "StyleGAN3 configs train without it" in capsys.readouterr().err
+
+
+def test_stylegan3_r_blurs_the_discriminator_input_and_fades_it(data):
+    from models.presets import resolve_preset, stylegan3_batch_rules
+    from stages.common.dataset import ImageFolderDataset
+    from stages.train.options import resolve_options
+
+    ds = ImageFolderDataset(str(data))
+    r = resolve_options(TrainConfig(data=str(data), cfg="stylegan3-r", gamma=2, batch=32), ds)
+    assert r.loss_kwargs["blur_init_sigma"] == 10 and r.loss_kwargs["blur_fade_kimg"] == 200
+    assert r.G_kwargs["conv_kernel"] == 1 and r.G_kwargs["use_radial_filters"] is True
+    assert r.G_kwargs["channel_base"] == 65536 and r.G_kwargs["channel_max"] == 1024
+    assert resolve_preset("stylegan3-r", 16).requires_gamma
+    tuned = resolve_options(TrainConfig(data=str(data), cfg="stylegan3-r", gamma=2, batch=32), ds,
+                            transfer_source="pretrained.pkl")
+    assert tuned.loss_kwargs["blur_init_sigma"] == 0 and tuned.ema_rampup is None  # official: off when resuming
+    assert stylegan3_batch_rules(64, radial=False, transfer=False)["blur_fade_kimg"] == 0
+
+    from models.loss import StyleGAN2Loss
+
+    loss = StyleGAN2Loss(None, None, lambda img, c: img.mean([1, 2, 3])[:, None], blur_init_sigma=10,
+                         blur_fade_kimg=200)
+    assert loss.blur_sigma(0) == 10 and loss.blur_sigma(100_000) == 5 and loss.blur_sigma(300_000) == 0
+    img = torch.zeros(1, 1, 64, 64)
+    img[..., 32, 32] = 1
+    blurred = loss.run_D(img, None, blur_sigma=2.0)
+    assert float(blurred) == pytest.approx(float(img.mean()), rel=1e-5)  # the blur keeps the mass

@@ -73,6 +73,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.cfg not in PRESETS:
             raise ConfigError(f"cfg: unknown preset {self.cfg!r}; choose one of {', '.join(sorted(PRESETS))}")
+        preset = PRESETS[self.cfg]
+        if preset.requires_gamma and self.gamma is None:
+            raise ConfigError(f"gamma: --cfg {self.cfg} has no default R1 weight; pass --gamma (official "
+                              "recommendation at batch 32: 0.5 @128, 2 @256, 8 @512, 32 @1024 px)")
+        if preset.family == "stylegan3":
+            for name in ("pl_weight", "style_mixing"):
+                if getattr(self, name):
+                    raise ConfigError(f"{name}: StyleGAN3 configs train without it (official); drop --"
+                                      f"{name.replace('_', '-')} or use a StyleGAN2 config")
         if self.augpipe not in AUGPIPE_SPECS:
             raise ConfigError(f"augpipe: unknown pipeline {self.augpipe!r}; choose one of {', '.join(AUGPIPE_SPECS)}")
         positive = {"kimg": self.kimg, "batch": self.batch, "batch_gpu": self.batch_gpu, "subset": self.subset,

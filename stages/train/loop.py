@@ -73,7 +73,8 @@ def train(cfg: TrainConfig) -> Path | None:
                            jsonl=run_dir / "stats.jsonl" if main else None)
     ada_stats = StatsCollector("Loss/signs/real", reduce=coll.all_reduce_sum) if opts.ada_target is not None else None
     loss = StyleGAN2Loss(G.mapping if not opts.freeze_mapping else FrozenMapping(G.mapping), G.synthesis, D,
-                         augment_pipe=augment_pipe, stats=Tee(stats, ada_stats), device=device, **opts.loss_kwargs)
+                         augment_pipe=augment_pipe, stats=Tee(stats, ada_stats), device=device,
+                         update_emas_explicitly=opts.family == "stylegan3", **opts.loss_kwargs)
     phases = build_phases(G, D, opts)
     state = TrainingState({"G": G, "D": D, "G_ema": G_ema}, augment_pipe, optimizers(phases), loss, stats, ada_stats)
 
@@ -116,8 +117,8 @@ def train(cfg: TrainConfig) -> Path | None:
             tick_start, maintenance = time.time(), time.time() - start
             while True:
                 real_img, real_c = next(batches)
-                step(real_img, real_c, prog.batch_idx, f"tick {prog.cur_tick} (kimg {prog.cur_nimg / 1e3:.3f}, "
-                                                       f"batch {prog.batch_idx})")
+                step(real_img, real_c, prog.batch_idx, prog.cur_nimg,
+                     f"tick {prog.cur_tick} (kimg {prog.cur_nimg / 1e3:.3f}, batch {prog.batch_idx})")
                 update_ema(G_ema, G, ema_beta(opts.batch_size, opts.ema_kimg, prog.cur_nimg, opts.ema_rampup))
                 prog.cur_nimg += opts.batch_size
                 prog.batch_idx += 1

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from models import Discriminator, Generator, load_network, make_augment_pipe
+from models import Discriminator, Generator, StyleGAN3Generator, load_network, make_augment_pipe
 from stages.common.config import ConfigError
 from stages.train import checkpoint as ckpt
 from stages.train.options import TrainingOptions
@@ -16,7 +16,8 @@ from stages.train.options import TrainingOptions
 
 def build_networks(opts: TrainingOptions, device: torch.device) -> dict[str, torch.nn.Module | None]:
     """{'G', 'D', 'G_ema', 'augment_pipe'}: in training mode, gradients off until a phase turns them on."""
-    G = Generator(**opts.G_kwargs).train().requires_grad_(False).to(device)
+    generator_class = Generator if opts.family == "stylegan2" else StyleGAN3Generator
+    G = generator_class(**opts.G_kwargs).train().requires_grad_(False).to(device)
     D = Discriminator(**opts.D_kwargs).train().requires_grad_(False).to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     augment_pipe = None

@@ -13,11 +13,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from models.presets import network_kwargs, resolve_preset
+from models.presets import network_kwargs, resolve_preset, stylegan3_batch_rules, synthesis_kwargs_of
 from stages.common.config import ConfigError, flatten
 from stages.train.config import TrainConfig
 
-G_REG_INTERVAL = 4    # lazy path-length regularization every 4 minibatches (StyleGAN2 Sec. 3.1)
 D_REG_INTERVAL = 16   # lazy R1 every 16 minibatches
 ADAM_BETAS = (0.0, 0.99)
 ADAM_EPS = 1e-8
@@ -45,7 +44,7 @@ class TrainingOptions:
     batch_gpu: int                            # per process per accumulation round
     ema_kimg: float                           # G_ema half-life
     ema_rampup: float | None
-    G_reg_interval: int
+    G_reg_interval: int | None               # None: no Greg phase and unscaled Adam (StyleGAN3)
     D_reg_interval: int
     augment_p: float                          # initial augmentation probability
     ada_target: float | None                  # None: p stays fixed
@@ -73,6 +72,11 @@ class TrainingOptions:
         """Snapshots less than 1 kimg apart get kimg with three decimals in their names (never collide)."""
         return self.network_snapshot_ticks * self.kimg_per_tick < 1 or self.image_snapshot_ticks * \
             self.kimg_per_tick < 1
+
+    @property
+    def family(self) -> str:
+        """stylegan2 | stylegan3, from the generator's kwargs (StyleGAN3 takes its synthesis options flat)."""
+        return "stylegan2" if "synthesis_kwargs" in self.G_kwargs else "stylegan3"
 
     def kimg_tag(self, cur_nimg: int) -> str:
         """`000012` (official `network-snapshot-<KIMG>`), or `000000.512` when snapshots are sub-kimg apart."""
@@ -114,16 +118,19 @@ def resolve_options(
         raise ConfigError(f"cfg {cfg.cfg}: {exc}") from None
     c_dim = dataset.label_dim if cfg.cond else 0
     G_kwargs, D_kwargs = network_kwargs(spec, res, dataset.num_channels, c_dim)
+    synthesis = synthesis_kwargs_of(G_kwargs)
     if cfg.fp32:
         # Official --fp32: no fp16 layers and no activation clamping.
-        G_kwargs["synthesis_kwargs"].update(num_fp16_res=0, conv_clamp=None)
+        synthesis.update(num_fp16_res=0, conv_clamp=None)
         D_kwargs.update(num_fp16_res=0, conv_clamp=None)
     elif device_type != "cuda":
         # fp16 layers run ~36x slower than fp32 on CPU; the clamp stays, so results match GPU fp32 closely.
-        G_kwargs["synthesis_kwargs"]["num_fp16_res"] = 0
+        synthesis["num_fp16_res"] = 0
         D_kwargs["num_fp16_res"] = 0
     if cfg.nhwc:
-        G_kwargs["synthesis_kwargs"]["fp16_channels_last"] = True
+        if spec.family != "stylegan2":
+            raise ConfigError(f"nhwc: only for StyleGAN2 configs, not {cfg.cfg}")
+        synthesis["fp16_channels_last"] = True
         D_kwargs["block_kwargs"]["fp16_channels_last"] = True
     if cfg.freezed:
         D_kwargs["block_kwargs"]["freeze_layers"] = cfg.freezed
@@ -134,6 +141,16 @@ def resolve_options(
         raise ConfigError(f"batch_gpu ({batch_gpu}) must be a multiple of the minibatch-std group ({mbstd})")
     transfer = transfer_source is not None
     adam = dict(lr=spec.lrate, betas=list(ADAM_BETAS), eps=ADAM_EPS)
+    loss_kwargs = dict(r1_gamma=cfg.gamma if cfg.gamma is not None else spec.gamma,
+                       pl_weight=spec.pl_weight if cfg.pl_weight is None else cfg.pl_weight,
+                       style_mixing_prob=spec.style_mixing_prob if cfg.style_mixing is None else cfg.style_mixing)
+    ema_kimg = spec.ema
+    if spec.family == "stylegan3":
+        # Official StyleGAN3: these follow the actual batch, not the preset's.
+        rules = stylegan3_batch_rules(batch, spec.radial, transfer)
+        G_kwargs["magnitude_ema_beta"] = rules["magnitude_ema_beta"]
+        loss_kwargs.update(blur_init_sigma=rules["blur_init_sigma"], blur_fade_kimg=rules["blur_fade_kimg"])
+        ema_kimg = rules["ema_kimg"]
     return TrainingOptions(
         training_set_kwargs=dict(path=cfg.data, use_labels=cfg.cond, max_size=dataset.num_images,
                                  xflip=cfg.mirror, resolution=res, random_seed=cfg.seed),
@@ -141,10 +158,8 @@ def resolve_options(
         G_kwargs=G_kwargs,
         D_kwargs=D_kwargs,
         G_opt_kwargs=dict(adam),
-        D_opt_kwargs=dict(adam),
-        loss_kwargs=dict(r1_gamma=cfg.gamma if cfg.gamma is not None else spec.gamma,
-                         pl_weight=spec.pl_weight if cfg.pl_weight is None else cfg.pl_weight,
-                         style_mixing_prob=spec.style_mixing_prob if cfg.style_mixing is None else cfg.style_mixing),
+        D_opt_kwargs=dict(adam, lr=spec.d_lrate if spec.d_lrate is not None else spec.lrate),
+        loss_kwargs=loss_kwargs,
         augment_kwargs=dict(augpipe=cfg.augpipe) if cfg.aug != "noaug" else None,
         metrics=list(cfg.metrics),
         detector_dir=cfg.detector_dir,
@@ -152,9 +167,9 @@ def resolve_options(
         num_gpus=num_processes,
         batch_size=batch,
         batch_gpu=batch_gpu,
-        ema_kimg=spec.ema,
+        ema_kimg=ema_kimg,
         ema_rampup=None if transfer else spec.ramp,   # official: no EMA ramp-up when fine-tuning
-        G_reg_interval=G_REG_INTERVAL,
+        G_reg_interval=spec.g_reg_interval,
         D_reg_interval=D_REG_INTERVAL,
         augment_p=cfg.p or 0.0,
         ada_target=cfg.ada_target,

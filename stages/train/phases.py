@@ -32,12 +32,17 @@ class Phase:
 
 
 def build_phases(G: torch.nn.Module, D: torch.nn.Module, opts: TrainingOptions) -> list[Phase]:
-    """Gmain, Greg, Dmain, Dreg with lazy-regularization-rescaled Adam (official order and intervals)."""
+    """Gmain, Greg, Dmain, Dreg with lazy-regularization-rescaled Adam (official order and intervals); a network
+    without a regularization interval (StyleGAN3's G) has one main phase and plain Adam."""
     phases = []
     for name, module, opt_kwargs, interval in [("G", G, opts.G_opt_kwargs, opts.G_reg_interval),
                                                 ("D", D, opts.D_opt_kwargs, opts.D_reg_interval)]:
         params = [p for n, p in module.named_parameters()
                   if not (name == "G" and opts.freeze_mapping and n.startswith("mapping."))]
+        if interval is None:
+            opt = torch.optim.Adam(params, lr=opt_kwargs["lr"], betas=tuple(opt_kwargs["betas"]), eps=opt_kwargs["eps"])
+            phases.append(Phase(name + "main", params, opt, 1))
+            continue
         lr, betas = lazy_regularization(opt_kwargs["lr"], tuple(opt_kwargs["betas"]), interval)
         opt = torch.optim.Adam(params, lr=lr, betas=betas, eps=opt_kwargs["eps"])
         phases += [Phase(name + "main", params, opt, 1), Phase(name + "reg", params, opt, interval)]
@@ -85,7 +90,7 @@ class TrainingStep:
               for row in picks]
         return zs, cs
 
-    def __call__(self, real_img: torch.Tensor, real_c: torch.Tensor, batch_idx: int, where: str) -> None:
+    def __call__(self, real_img: torch.Tensor, real_c: torch.Tensor, batch_idx: int, cur_nimg: int, where: str) -> None:
         real_imgs = (real_img.to(self.device).to(torch.float32) / 127.5 - 1).split(self.batch_gpu)  # [NCHW] [-1, 1]
         real_cs = real_c.to(self.device).split(self.batch_gpu)
         all_z, all_c = self._latents(batch_idx, real_img.shape[0])
@@ -105,7 +110,8 @@ class TrainingStep:
                 # gain / rounds: the accumulated gradient is the mean over the global batch however it is split
                 # into rounds and processes (the official loop sums round means, so its gradient scale changed
                 # with batch_gpu; Adam hides most, not all, of that through eps).
-                self.loss.accumulate_gradients(phase.name, real, rc, z, c, gain=phase.interval / rounds)
+                self.loss.accumulate_gradients(phase.name, real, rc, z, c, gain=phase.interval / rounds,
+                                               cur_nimg=cur_nimg)
             for p in phase.params:
                 p.requires_grad_(False)
             if not reduce_gradients(phase.params, self.coll):
