@@ -1,9 +1,11 @@
-"""The pipeline as a Prefect flow: one task per DVC stage, MLflow runs around them.
+"""The pipeline as a Prefect flow: one task per DVC stage, one MLflow parent run around them.
 
-Each task runs `dvc repro --single-item <stage>`, so DVC alone decides what is stale (no second cache
-on top) and the commands are exactly those of `dvc repro`. Transient failures are retried; a training
-stage that is retried resumes from its last checkpoint (`train.resume: auto`). After each stage the
-flow logs the stage's outputs into a nested MLflow run and publishes a summary as a Prefect artifact.
+Each task runs `dvc repro --single-item <stage>`, so DVC alone decides what is stale (no second cache on
+top) and the commands are exactly those of `dvc repro`. Transient failures are retried; a training stage
+that is retried resumes from its last checkpoint (`train.resume: auto`). Stages log themselves to MLflow
+under the pipeline's run (see `flows.tracking`). The exported generator is registered only when the export
+stage ran (something was retrained), as `@challenger`, and becomes `@champion` only when its quality
+metric beats the current champion's.
 
     python -m flows.pipeline                       # run once (local Prefect state, no server needed)
     python -m flows.pipeline --stages prepare,validate
@@ -27,8 +29,8 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.tracking import PipelineTracker, pipeline_tags
-from stages.common.config import load_params
+from flows.tracking import PipelineTracker, find_stage_run, pipeline_tags
+from stages.common.config import build_config, load_params, params_section
 
 STAGES = ("demo_data", "prepare", "validate", "train", "evaluate", "generate", "export")
 
@@ -37,23 +39,26 @@ class StageFailed(RuntimeError):
     """`dvc repro` of a stage exited non-zero; the message carries the tail of its output."""
 
 
-def _dvc() -> list[str]:
+def dvc_command() -> list[str]:
     # The venv's dvc when running from it; the stage commands then find the venv's python first too.
     local = Path(sys.executable).with_name("dvc")
     return [str(local)] if local.exists() else ["dvc"]
 
 
-@task(retries=2, retry_delay_seconds=10)
+def stage_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                PYTHONUNBUFFERED="1", **(extra or {}))
+
+
+@task(retries=2, retry_delay_seconds=10, task_run_name="{stage}")
 def repro_stage(stage: str, project_dir: str, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """`dvc repro --single-item <stage>`: runs the stage if DVC finds it stale, else does nothing."""
     logger = get_run_logger()
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               PYTHONUNBUFFERED="1", **(extra_env or {}))
-    start = time.time()
+    started = time.time()
     lines: list[str] = []
     # Streamed line by line: training runs for minutes to days and its status lines are the progress.
-    with subprocess.Popen([*_dvc(), "repro", "--single-item", stage], cwd=project_dir, env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1) as proc:
+    with subprocess.Popen([*dvc_command(), "repro", "--single-item", stage], cwd=project_dir, env=stage_env(extra_env),
+                          text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1) as proc:
         for line in proc.stdout:
             line = line.rstrip()
             if line:
@@ -63,29 +68,38 @@ def repro_stage(stage: str, project_dir: str, extra_env: dict[str, str] | None =
         raise StageFailed(f"dvc repro {stage} failed (exit {proc.returncode}):\n" + "\n".join(lines[-30:]))
     out = "\n".join(lines)
     skipped = "didn't change, skipping" in out or "is cached - skipping" in out
-    return {"stage": stage, "seconds": round(time.time() - start, 1), "ran": not skipped}
+    ended = time.time()
+    return {"stage": stage, "seconds": round(ended - started, 1), "ran": not skipped, "started": started,
+            "ended": ended}
 
 
-@task
-def register_model(project_dir: str, params: dict[str, Any]) -> dict[str, Any] | None:
-    """Register the exported generator in the MLflow model registry under an alias (nested run)."""
+def register_exported(project_dir: Path, params: dict[str, Any], pipeline_run_id: str | None) -> dict[str, Any] | None:
+    """Register the export stage's serving graph, linked to this pipeline's training run; the champion rule
+    is `stages.export.registry.promote`."""
+    from stages.export.config import ExportConfig
+    from stages.export.exporter import quality_of
     from stages.export.registry import register_generator
 
-    export = params.get("export", {})
-    out = Path(project_dir) / export.get("outdir", "exports")
+    cfg = build_config(ExportConfig, params_section(params, "export"))
+    out = project_dir / cfg.outdir
     onnx = out / "generator_uint8.onnx"
     if not onnx.exists():
         return None
     summary = json.loads((out / "export_summary.json").read_text()) if (out / "export_summary.json").exists() else {}
     c_dim = int(summary.get("generator", {}).get("c_dim", 0))
-    return register_generator(onnx, export.get("registered_model", "stylegan2-generator"),
-                              alias=export.get("alias", "champion"), c_dim=c_dim)
+    cfg_here = build_config(ExportConfig, {**params_section(params, "export"),
+                                           "metrics_file": str(project_dir / cfg.metrics_file)})
+    links = {"pipeline_run_id": pipeline_run_id or ""}
+    train_run = find_stage_run(pipeline_run_id, "train") if pipeline_run_id else None
+    if train_run:
+        links["train_run_id"] = train_run
+    return register_generator(onnx, cfg.registered_model, c_dim=c_dim, quality=quality_of(cfg_here), links=links)
 
 
-@flow(name="stylegan2-ada-pipeline", log_prints=True)
-def pipeline(project_dir: str = ".", stages: list[str] | None = None, register: bool = True,
-             experiment: str = "stylegan2-ada-pipeline") -> dict[str, Any]:
-    """Run the stages in order; one parent MLflow run, one nested run per stage."""
+@flow(name="sg2ada-pipeline", log_prints=True)
+def pipeline(project_dir: str = ".", stages: list[str] | None = None, register_model: bool = True,
+             run_name: str = "pipeline") -> dict[str, Any]:
+    """Run the stages in order under one MLflow parent run; register the generator if it was re-exported."""
     import mlflow
 
     root = Path(project_dir).resolve()
@@ -94,10 +108,11 @@ def pipeline(project_dir: str = ".", stages: list[str] | None = None, register: 
     if unknown:
         raise ValueError(f"unknown stages {unknown}; choose from {list(STAGES)}")
     params = load_params(root / "params.yaml")
-    tracker = PipelineTracker(root, experiment, get_run_logger())
+    tracker = PipelineTracker(root, get_run_logger(), run_name)
     tracker.start()
     results: list[dict[str, Any]] = []
     registered = None
+    quality: dict[str, float] = {}
     status = "FAILED"
     try:
         for stage in [s for s in STAGES if s in chosen]:
@@ -106,10 +121,13 @@ def pipeline(project_dir: str = ".", stages: list[str] | None = None, register: 
             results.append(result)
         # dvc.lock is final only now: the dataset hash tag reads it.
         tracker.call("tag pipeline run", mlflow.set_tags, pipeline_tags(root, params))
-        if register and "export" in chosen and tracker.error is None:
-            registered = tracker.call("register model", register_model, str(root), params)
+        quality = tracker.log_quality(root / params_section(params, "evaluate").get("out", "metrics.json"))
+        exported = any(r["stage"] == "export" and r["ran"] for r in results)
+        if register_model and exported and tracker.error is None:
+            registered = tracker.call("register model", register_exported, root, params, tracker.run_id)
             if registered:
-                tracker.call("tag registered model", mlflow.set_tag, "registered_model", registered["uri"])
+                tracker.call("tag registered model", mlflow.set_tags, {
+                    "registered_model": f"{registered['uri']} (version {registered['version']})"})
         status = "FINISHED"
     finally:
         tracker.finish(status)
@@ -122,7 +140,7 @@ def pipeline(project_dir: str = ".", stages: list[str] | None = None, register: 
         description="stages run by this flow execution",
     )
     return {"mlflow_run_id": tracker.run_id, "tracking_error": tracker.error, "stages": results,
-            "registered": registered}
+            "quality": quality, "registered": registered}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-register", action="store_true", help="skip the MLflow model registration")
     args = parser.parse_args(argv)
     try:
-        out = pipeline(args.project_dir, [s for s in args.stages.split(",") if s], register=not args.no_register)
+        out = pipeline(args.project_dir, [s for s in args.stages.split(",") if s], register_model=not args.no_register)
     except (StageFailed, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,26 +1,36 @@
-"""MLflow for the pipeline flow: one parent run per execution, one nested run per stage.
+"""MLflow for the pipeline flow: one parent run per execution, the stages' runs nested under it.
 
-After each stage the flow reads what the stage left on disk (params.yaml section, reports, metrics files,
-run folder, exports) and logs it into the stage's nested run. A stage that tracks itself while it works
-(training with `mlflow: true`) nests its own run under the parent through the environment `child_env`
-hands to the stage subprocess (`stages.common.tracking`).
+The stages that track themselves (train, evaluate, generate, export) do so while they work, under the
+parent run: the flow hands them SG2_MLFLOW=1, the parent run id, the tracking URI and the experiment
+(`child_env`), so their runs carry resolved options as params, real durations and the same metric keys as
+a stand-alone or `dvc exp run`. For the others (demo_data, prepare, validate), and for a stage DVC found
+up to date, the flow records a nested run afterwards, with the stage's real start and end times, its
+resolved config, its reports and counts. The parent run gets the quality numbers of `metrics.json`, so
+pipeline runs compare on one row each.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from stages.common.config import flatten
-from stages.common.tracking import PARENT_RUN_ENV, git_commit, use_experiment
+from stages.common.config import build_config, flatten, params_section
+from stages.common.tracking import (
+    PARENT_RUN_ENV,
+    SWITCH_ENV,
+    experiment_name,
+    finite_metrics,
+    git_commit,
+    named_run,
+    use_experiment,
+)
 
-DEFAULT_EXPERIMENT = "stylegan2-ada-pipeline"
+SELF_TRACKED = ("train", "evaluate", "generate", "export")
 
 
 def project_tracking_uri(project_dir: Path) -> str:
@@ -28,21 +38,12 @@ def project_tracking_uri(project_dir: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(project_dir / 'mlflow.db').resolve()}"
 
 
-def setup_experiment(project_dir: Path, name: str = DEFAULT_EXPERIMENT) -> str:
+def setup_experiment(project_dir: Path, name: str | None = None) -> str:
     """Point MLflow at the project's store; artifacts of a new experiment go to `<project>/mlartifacts`."""
     import mlflow
 
     mlflow.set_tracking_uri(project_tracking_uri(project_dir))
-    return use_experiment(name, project_dir / "mlartifacts")
-
-
-def numeric(d: dict[str, Any]) -> dict[str, float]:
-    """The finite numbers (and booleans as 0/1) of a flat dict: what MLflow metrics can hold."""
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, bool) or (isinstance(value, int | float) and math.isfinite(value)):
-            out[key] = float(value)
-    return out
+    return use_experiment(name or experiment_name(), project_dir / "mlartifacts")
 
 
 def dataset_hash(project_dir: Path, params: dict[str, Any]) -> str | None:
@@ -67,106 +68,54 @@ def pipeline_tags(project_dir: Path, params: dict[str, Any]) -> dict[str, str]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
-def _log_files(paths: list[Path], artifact_path: str) -> list[str]:
-    import mlflow
+def resolved_config(stage: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The stage's options as it ran them: its config dataclass built from params.yaml (defaults filled in)."""
+    from stages.demo_data.digits import DemoDataConfig
+    from stages.prepare.config import PrepareConfig
+    from stages.validate.config import ValidateConfig
 
-    logged = []
-    for path in paths:
-        if path.is_file():
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
-            logged.append(path.name)
-    return logged
+    classes = {"demo_data": (DemoDataConfig, "demo"), "prepare": (PrepareConfig, "prepare"),
+               "validate": (ValidateConfig, "validate")}
+    if stage not in classes:
+        return flatten(params_section(params, stage))
+    cls, section = classes[stage]
+    return flatten(build_config(cls, params_section(params, section)))
 
 
-def log_stage_outputs(stage: str, project_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
-    """Log the stage's params section, metrics and artifacts into the active (nested) run; returns a summary."""
-    import mlflow
-
-    section = params.get(stage, {})
-    mlflow.log_params({k: str(v)[:500] for k, v in flatten(section).items()})
-    summary: dict[str, Any] = {"stage": stage}
+def stage_outputs(stage: str, project_dir: Path, params: dict[str, Any]) -> tuple[dict[str, float], list[Path]]:
+    """(metrics, files) a stage that does not track itself left on disk."""
     p = project_dir
-
     if stage == "prepare":
-        report = Path(p / f"{section.get('dest')}.report.json")
+        report = p / f"{params['prepare']['dest']}.report.json"
         data = _read_json(report)
-        mlflow.log_metrics(numeric({k: data[k] for k in ("num_written", "num_skipped", "num_fixed", "resolution",
-                                                         "channels") if k in data}))
-        summary["files"] = _log_files([report], "prepare")
-    elif stage == "validate":
-        out = p / section.get("out", "reports/validation.json")
-        mlflow.log_metrics(numeric(flatten(_read_json(out))))
-        summary["files"] = _log_files([out], "validate")
-    elif stage == "train":
-        run_dir = p / section.get("run_dir", "runs/demo")
-        summary["curves"] = log_training_curves(run_dir / "stats.jsonl")
-        snapshots = sorted(run_dir.glob("network-snapshot-*.safetensors"))
-        grids = sorted(run_dir.glob("fakes*.png"))
-        files = [run_dir / "training_options.json", run_dir / "log.txt", run_dir / "reals.png", *grids[-3:],
-                 *snapshots[-1:]]
-        summary["files"] = _log_files(files, "train")
-    elif stage == "evaluate":
-        out = p / section.get("out", "metrics.json")
-        mlflow.log_metrics(numeric(flatten(_read_json(out))))
-        jsonl = sorted((p / (section.get("run_dir") or "")).glob("metric-*.jsonl")) if section.get("run_dir") else []
-        summary["files"] = _log_files([out, *jsonl], "evaluate")
-    elif stage == "generate":
-        outdir = p / section.get("outdir", "reports/generate")
-        files = sorted(outdir.glob("*.png"))[:20] + sorted(outdir.glob("*.mp4")) + sorted(outdir.glob("*.gif"))
-        summary["files"] = _log_files(files, "generate")
-    elif stage == "export":
-        outdir = p / section.get("outdir", "exports")
-        from stages.export.parity import parity_metrics
-
-        parity = _read_json(outdir / "parity.json")
-        if parity.get("variants"):
-            mlflow.log_metrics({**parity_metrics(parity), "parity.passed": float(bool(parity.get("passed")))})
-        summary["files"] = _log_files([outdir / "generator.onnx", outdir / "parity.json",
-                                       outdir / "export_summary.json", outdir / "build_engine.sh"], "export")
-    return summary
-
-
-def log_training_curves(stats_jsonl: Path) -> int:
-    """Every tick's statistics as metrics with step = kimg (the official x axis)."""
-    import mlflow
-
-    if not stats_jsonl.is_file():
-        return 0
-    n = 0
-    for line in stats_jsonl.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a crash
-        # Records hold {name: {num, mean, std}}; the means are the curves.
-        flat = numeric(flatten(record))
-        metrics = {k.removesuffix(".mean"): v for k, v in flat.items() if k.endswith(".mean")}
-        kimg = metrics.get("Progress/kimg")
-        step = round(kimg) if kimg is not None else n
-        if metrics:
-            mlflow.log_metrics(metrics, step=step)
-            n += 1
-    return n
+        keys = ("num_written", "num_skipped", "num_fixed", "resolution", "channels", "images_per_second")
+        return finite_metrics({k: data[k] for k in keys if k in data}), [report]
+    if stage == "validate":
+        out = p / params["validate"].get("out", "reports/validation.json")
+        return finite_metrics(flatten(_read_json(out))), [out]
+    return {}, []
 
 
 class PipelineTracker:
     """The flow's MLflow runs, kept from ever stopping the pipeline.
 
-    The stages' outputs live on disk and in DVC; MLflow is a view of them. When the tracking server
-    goes away mid-pipeline, the first failing call is recorded (`self.error`), later calls are skipped,
-    and the pipeline goes on; rerunning the flow once the server is back logs everything (DVC skips
-    the stages that already ran).
+    The stages' outputs live on disk and in DVC; MLflow is a view of them. When the tracking server goes
+    away mid-pipeline, the first failing call is recorded (`self.error`), later calls are skipped, and the
+    pipeline goes on; rerunning the flow once the server is back logs what it finds (DVC skips the stages
+    that already ran).
     """
 
-    def __init__(self, project_dir: Path, experiment: str, logger: Any) -> None:
-        self.project_dir, self.experiment, self.logger = project_dir, experiment, logger
+    def __init__(self, project_dir: Path, logger: Any, run_name: str = "pipeline") -> None:
+        self.project_dir, self.logger, self.run_name = project_dir, logger, run_name
         self.error: str | None = None
         self.run_id: str | None = None
+        self.experiment_id: str | None = None
 
     def _guard(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if self.error is not None:
@@ -179,6 +128,9 @@ class PipelineTracker:
                                 "once the tracking server is back to log them", self.error)
             return None
 
+    def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(what, fn, *args, **kwargs)
+
     def start(self) -> None:
         import mlflow
 
@@ -187,45 +139,74 @@ class PipelineTracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
         def _start() -> str:
-            experiment_id = setup_experiment(self.project_dir, self.experiment)
-            return mlflow.start_run(experiment_id=experiment_id, run_name="pipeline").info.run_id
+            self.experiment_id = setup_experiment(self.project_dir)
+            return mlflow.start_run(experiment_id=self.experiment_id, run_name=named_run(self.run_name),
+                                    tags={"stage": "pipeline"}).info.run_id
 
         self.run_id = self._guard("start pipeline run", _start)
 
     def child_env(self) -> dict[str, str]:
-        """Environment for stage subprocesses: a stage that logs to MLflow itself (train with
-        `mlflow: true`) then nests its run under this pipeline run, on the same server and experiment."""
+        """Environment for stage subprocesses: the stages that track themselves do, nested under this run."""
         import mlflow
 
         if self.run_id is None or self.error is not None:
             return {}
-        run = mlflow.active_run()
-        env = {PARENT_RUN_ENV: self.run_id, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
-        if run is not None:
-            env["MLFLOW_EXPERIMENT_ID"] = run.info.experiment_id
+        env = {SWITCH_ENV: "1", PARENT_RUN_ENV: self.run_id, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+        if self.experiment_id is not None:
+            env["MLFLOW_EXPERIMENT_ID"] = self.experiment_id
         return env
 
     def log_stage(self, stage: str, result: dict[str, Any], params: dict[str, Any]) -> None:
+        """A nested run for a stage that did not track itself (or that DVC skipped), with its real times."""
+        if stage in SELF_TRACKED and result["ran"]:
+            return
         import mlflow
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         def _log() -> None:
-            with mlflow.start_run(run_name=stage, nested=True):
-                mlflow.set_tags({"stage": stage, "dvc_ran": str(result["ran"]).lower()})
-                result.update(log_stage_outputs(stage, self.project_dir, params))
-                mlflow.log_metric("stage_seconds", result["seconds"])
+            client = mlflow.MlflowClient()
+            run = client.create_run(self.experiment_id, start_time=int(result["started"] * 1000), run_name=stage,
+                                    tags={MLFLOW_PARENT_RUN_ID: self.run_id, "stage": stage,
+                                          "dvc_ran": str(result["ran"]).lower()})
+            run_id = run.info.run_id
+            for key, value in list(resolved_config(stage, params).items())[:100]:
+                client.log_param(run_id, key, str(value)[:500])
+            if result["ran"]:
+                metrics, files = stage_outputs(stage, self.project_dir, params)
+                for key, value in metrics.items():
+                    client.log_metric(run_id, key, value)
+                for path in files:
+                    if path.is_file():
+                        client.log_artifact(run_id, str(path), artifact_path=stage)
+            client.set_terminated(run_id, "FINISHED", end_time=int(result["ended"] * 1000))
 
         self._guard(f"log stage {stage}", _log)
 
-    def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._guard(what, fn, *args, **kwargs)
+    def log_quality(self, metrics_file: Path) -> dict[str, float]:
+        """The evaluate stage's results as the parent run's metrics: one comparable row per pipeline run."""
+        import mlflow
+
+        results = finite_metrics(_read_json(metrics_file))
+        if results:
+            self._guard("log quality", mlflow.log_metrics, results)
+        return results
 
     def finish(self, status: str) -> None:
         import mlflow
 
         if self.run_id is not None and mlflow.active_run() is not None:
-            # end_run pops the run before telling the server, so even when the server is gone the next
-            # flow in this process does not nest under a dead run.
+            # end_run pops the run before telling the server, so even when the server is gone the next flow
+            # in this process does not nest under a dead run.
             try:
                 mlflow.end_run(status=status)
             except Exception as exc:
                 self.logger.warning("could not close the MLflow run %s: %s", self.run_id, exc)
+
+
+def find_stage_run(parent_run_id: str, stage: str) -> str | None:
+    """The id of the run a self-tracking stage made under `parent_run_id` (the newest), or None."""
+    import mlflow
+
+    runs = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.stage = '{stage}'",
+                              search_all_experiments=True, order_by=["start_time DESC"], output_format="list")
+    return runs[0].info.run_id if runs else None

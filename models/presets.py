@@ -36,12 +36,18 @@ class Preset:
     pl_weight: float = 2.0   # path-length regularization weight (0 = off)
     style_mixing_prob: float = 0.9
     d_architecture: str = "resnet"
-    family: str = "stylegan2"            # stylegan2 | stylegan3
+    family: str = "stylegan2"            # stylegan2 | stylegan3 | projected
     d_lrate: float | None = None         # D's Adam lr when it differs from G's (StyleGAN3: 0.002)
     g_reg_interval: int | None = 4       # lazy G regularization; None = no Greg phase, unscaled Adam (StyleGAN3)
     requires_gamma: bool = False         # the official config has no gamma default (StyleGAN3)
     radial: bool = False                 # StyleGAN3-R: 1x1 convs, 2x channels, radial filters, D input blur
     num_layers: int = 14                 # StyleGAN3 synthesis layers
+    d_reg_interval: int | None = 16      # lazy R1; None = no Dreg phase, unscaled Adam (Projected GAN)
+    generator: str = ""                  # projected family: fastgan | fastgan_lite | stylegan2
+    ngf: int = 128                       # FastGAN width
+    ndf: int | None = None               # Projected D: one width for every small D (None = official table)
+    proj_channels: int = 64              # Projected D: channels of the first projection (official cout)
+    default_aug: str = "ada"             # what --aug means when not given
 
 
 PRESETS: dict[str, Preset] = {
@@ -66,6 +72,24 @@ PRESETS: dict[str, Preset] = {
                           pl_weight=0.0, style_mixing_prob=0.0, family="stylegan3", d_lrate=0.002, g_reg_interval=None,
                           requires_gamma=True, radial=True),
     # Not official: a StyleGAN3-T small enough for a CPU (64 channels, 8 layers); for tests and the demo.
+    # Projected GAN (Sauer et al. 2021): hinge loss, frozen EfficientNet-Lite0 features, DiffAugment in D; no R1,
+    # no path length, no ADA. Official: Adam lr 0.0002 (FastGAN) or 0.002 (StyleGAN2 G, D), betas (0, 0.99),
+    # batch 64. The official loop still rescales D's Adam for a regularization interval of 16 that runs
+    # nothing (lr x 16/17); here D has no Dreg phase and takes the lr as given.
+    "fastgan":      Preset(ref_gpus=1, kimg=25000, mb=64, mbstd=0, fmaps=1, lrate=0.0002, gamma=0, ema=-1, ramp=0.05, map=0,  # noqa: E501
+                           z_dim=256, w_dim=256, pl_weight=0.0, style_mixing_prob=0.0, family="projected",
+                           g_reg_interval=None, d_reg_interval=None, generator="fastgan", default_aug="noaug"),
+    "fastgan_lite": Preset(ref_gpus=1, kimg=25000, mb=64, mbstd=0, fmaps=1, lrate=0.0002, gamma=0, ema=-1, ramp=0.05, map=0,  # noqa: E501
+                           z_dim=256, w_dim=256, pl_weight=0.0, style_mixing_prob=0.0, family="projected",
+                           g_reg_interval=None, d_reg_interval=None, generator="fastgan_lite", default_aug="noaug"),
+    "projected_stylegan2": Preset(ref_gpus=1, kimg=25000, mb=64, mbstd=0, fmaps=1, lrate=0.002, gamma=0, ema=-1, ramp=0.05, map=2,  # noqa: E501
+                                  z_dim=64, w_dim=128, pl_weight=0.0, style_mixing_prob=0.0, family="projected",
+                                  g_reg_interval=None, d_reg_interval=None, generator="stylegan2", default_aug="noaug"),
+    # Not official: FastGAN-lite with 16 channels and 16-channel D heads, for CPU tests and the demo.
+    "fastgan_tiny": Preset(ref_gpus=1, kimg=50, mb=8, mbstd=0, fmaps=1, lrate=0.0002, gamma=0, ema=-1, ramp=0.05, map=0,
+                           z_dim=64, w_dim=64, pl_weight=0.0, style_mixing_prob=0.0, family="projected",
+                           g_reg_interval=None, d_reg_interval=None, generator="fastgan_lite", ngf=16, ndf=16,
+                           proj_channels=16, default_aug="noaug"),
     "stylegan3-tiny": Preset(ref_gpus=1, kimg=50, mb=16, mbstd=4, fmaps=1 / 16, lrate=0.0025, gamma=-1, ema=-1, ramp=0.05, map=2,  # noqa: E501
                              channel_max=64, z_dim=64, w_dim=64, num_fp16_res=0, pl_weight=0.0, style_mixing_prob=0.0,
                              family="stylegan3", d_lrate=0.002, g_reg_interval=None, num_layers=8),
@@ -95,6 +119,8 @@ def resolve_preset(name: str, resolution: int, gpus: int = 1) -> Preset:
         )
     elif name in ("tiny", "stylegan3-tiny"):
         spec = dataclasses.replace(spec, gamma=0.0002 * resolution**2 / spec.mb, ema=spec.mb * 10 / 32)
+    elif spec.family == "projected":
+        spec = dataclasses.replace(spec, ema=spec.mb * 10 / 32)
     return spec
 
 
@@ -116,6 +142,8 @@ def network_kwargs(
     """Constructor kwargs for (Generator, Discriminator), laid out like the official networks' init kwargs
     (StyleGAN3 generators take their synthesis options flat, as the official class does)."""
     channel_base = int(spec.fmaps * 32768)
+    if spec.family == "projected":
+        return _projected_kwargs(spec, img_resolution, img_channels, c_dim)
     if spec.family == "stylegan3":
         g_kwargs: dict[str, Any] = dict(
             z_dim=spec.z_dim, c_dim=c_dim, w_dim=spec.w_dim, img_resolution=img_resolution,
@@ -127,20 +155,7 @@ def network_kwargs(
         if spec.radial:
             g_kwargs.update(conv_kernel=1, use_radial_filters=True)
     else:
-        g_kwargs = dict(
-            z_dim=spec.z_dim,
-            c_dim=c_dim,
-            w_dim=spec.w_dim,
-            img_resolution=img_resolution,
-            img_channels=img_channels,
-            mapping_kwargs=dict(num_layers=spec.map),
-            synthesis_kwargs=dict(
-                channel_base=channel_base,
-                channel_max=spec.channel_max,
-                num_fp16_res=spec.num_fp16_res,
-                conv_clamp=spec.conv_clamp,
-            ),
-        )
+        g_kwargs = _stylegan2_g_kwargs(spec, channel_base, img_resolution, img_channels, c_dim)
     d_kwargs = dict(
         c_dim=c_dim,
         img_resolution=img_resolution,
@@ -155,6 +170,47 @@ def network_kwargs(
         epilogue_kwargs=dict(mbstd_group_size=spec.mbstd),
     )
     return g_kwargs, d_kwargs
+
+
+def _stylegan2_g_kwargs(spec: Preset, channel_base: int, img_resolution: int, img_channels: int,
+                        c_dim: int) -> dict[str, Any]:
+    return dict(
+        z_dim=spec.z_dim,
+        c_dim=c_dim,
+        w_dim=spec.w_dim,
+        img_resolution=img_resolution,
+        img_channels=img_channels,
+        mapping_kwargs=dict(num_layers=spec.map),
+        synthesis_kwargs=dict(
+            channel_base=channel_base,
+            channel_max=spec.channel_max,
+            num_fp16_res=spec.num_fp16_res,
+            conv_clamp=spec.conv_clamp,
+        ),
+    )
+
+
+def _projected_kwargs(spec: Preset, img_resolution: int, img_channels: int, c_dim: int
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Official Projected GAN `train.py`: FastGAN(-lite) or StyleGAN2 G; the projected D with four
+    discriminators on CCM+CSM projections (cout 64, expand, proj_type 2), separable for StyleGAN2."""
+    if spec.generator == "stylegan2":
+        g_kwargs = _stylegan2_g_kwargs(spec, int(spec.fmaps * 32768), img_resolution, img_channels, c_dim)
+    else:
+        g_kwargs = dict(z_dim=spec.z_dim, c_dim=c_dim, img_resolution=img_resolution, img_channels=img_channels,
+                        ngf=spec.ngf, cond=c_dim > 0, synthesis_kwargs=dict(lite=spec.generator == "fastgan_lite"))
+    backbone = dict(cout=spec.proj_channels, expand=True, proj_type=2, num_discs=4,
+                    separable=spec.generator == "stylegan2", cond=c_dim > 0, ndf=spec.ndf)
+    d_kwargs = dict(c_dim=c_dim, img_resolution=img_resolution, img_channels=img_channels, diffaug=True,
+                    interp224=img_resolution < 224, backbone_kwargs=backbone)
+    return g_kwargs, d_kwargs
+
+
+def network_classes(spec: Preset) -> tuple[str, str]:
+    """Snapshot-registry names of (G, D) for a preset: the training loop builds the networks from them."""
+    if spec.family == "projected":
+        return ("Generator" if spec.generator == "stylegan2" else "FastGANGenerator"), "ProjectedDiscriminator"
+    return ("StyleGAN3Generator" if spec.family == "stylegan3" else "Generator"), "Discriminator"
 
 
 def synthesis_kwargs_of(g_kwargs: dict[str, Any]) -> dict[str, Any]:

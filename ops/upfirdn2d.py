@@ -155,7 +155,7 @@ def _pad_or_crop(x: torch.Tensor, pads: list[int]) -> torch.Tensor:
 def _upfirdn_pass(x, g, upx, upy, downx, downy, px0, px1, py0, py1):
     """One depthwise pass over x [NCHW] with correlation taps g [fh, fw] (either may be 1)."""
     c = x.shape[1]
-    fh, fw = g.shape
+    fh, fw = static_shape(g)  # plain ints: padding arithmetic on traced sizes warns under torch.jit.trace
     if upx == 1 and upy == 1:
         x = _pad_or_crop(x, [px0, px1, py0, py1])
         # A materialised (not expanded) weight: CPU kernels run 2x slower on a zero-stride one.

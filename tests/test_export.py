@@ -212,10 +212,10 @@ def test_cli_errors_are_one_line(capsys, tmp_path):
     assert len(err) == 2 and all(line.startswith("python -m stages.export: error:") for line in err), err
 
 
-def test_mlflow_registry_alias(uncond32, tmp_path, monkeypatch):
+def test_mlflow_registry_champion_moves_only_to_better_quality(uncond32, tmp_path, monkeypatch):
     import mlflow
 
-    from stages.export.registry import register_generator
+    from stages.export.registry import is_better, register_generator
     from stages.export.render import Renderer
 
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -223,17 +223,34 @@ def test_mlflow_registry_alias(uncond32, tmp_path, monkeypatch):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     try:
         _, out, _ = uncond32
-        info = register_generator(out / "generator_uint8.onnx", "sg2-test", alias="champion",
-                                  metrics={"parity.generator.max_abs_err": 1e-5})
+        onnx = out / "generator_uint8.onnx"
+        first = register_generator(onnx, "sg2-test", quality=("fd_effnet1k_full", 40.0, True),
+                                   links={"train_run_id": "abc"}, metrics={"parity.generator.max_abs_err": 1e-5})
+        assert first["champion"] and first["aliases"] == ["challenger", "champion"]
         model = mlflow.pyfunc.load_model("models:/sg2-test@champion")
         import pandas as pd
 
         images = model.predict(pd.DataFrame({"seed": [0, 5], "truncation_psi": [0.7, 1.0]}))
-        expected = Renderer(out / "generator_uint8.onnx").render([0, 5], [0.7, 1.0])
+        expected = Renderer(onnx).render([0, 5], [0.7, 1.0])
         assert images.dtype == np.uint8 and np.array_equal(images, expected)
-        assert str(mlflow.MlflowClient().get_model_version_by_alias("sg2-test", "champion").version) == info["version"]
+        # The optional columns are optional: seeds alone render at psi 1 (the README's example).
+        assert np.array_equal(model.predict(pd.DataFrame({"seed": [0, 5]})), Renderer(onnx).render([0, 5], 1.0))
+
+        worse = register_generator(onnx, "sg2-test", quality=("fd_effnet1k_full", 55.0, True))
+        client = mlflow.MlflowClient()
+        assert not worse["champion"]
+        assert str(client.get_model_version_by_alias("sg2-test", "champion").version) == first["version"]
+        assert str(client.get_model_version_by_alias("sg2-test", "challenger").version) == worse["version"]
+        unknown = register_generator(onnx, "sg2-test", quality=("fd_effnet1k_full", None, True))
+        assert not unknown["champion"]  # no number never replaces a champion that has one
+        better = register_generator(onnx, "sg2-test", quality=("fd_effnet1k_full", 31.5, True))
+        assert better["champion"]
+        version = client.get_model_version_by_alias("sg2-test", "champion")
+        assert str(version.version) == better["version"] and version.tags["quality.fd_effnet1k_full"] == "31.5"
+        assert client.get_model_version("sg2-test", first["version"]).tags["train_run_id"] == "abc"
     finally:
         mlflow.set_tracking_uri(None)
+    assert is_better(0.8, 0.7, lower_is_better=False) and not is_better(float("nan"), 1.0, True)
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ TINY = {
     "train": {"data": "data/datasets/digits.zip", "run_dir": "runs/demo", "resume": "auto", "cfg": "tiny",
               "cond": True, "kimg": 0.032, "tick_kimg": 0.016, "snap": 1, "checkpoint_ticks": 1, "batch": 16,
               "grid_w": 4, "grid_h": 10, "workers": 0, "aug": "ada", "ada_kimg": 1},
-    "evaluate": {"network": "runs/demo", "metrics": ["fid2k_full"], "run_dir": "reports/evaluate",
+    "evaluate": {"network": "runs/demo", "metrics": ["fd_effnet100", "fid2k_full"], "run_dir": "reports/evaluate",
                  "out": "metrics.json", "skip_missing_detectors": True, "progress": False},
     "generate": {"network": "runs/demo", "outdir": "reports/generate",
                  "images": {"seeds": "0-3", "all_classes": None},
@@ -37,7 +37,7 @@ TINY = {
                  "video": {"seeds": "0-3", "w_frames": 3, "kind": "linear", "loop": True, "class_idx": 7,
                            "output": "reports/generate/video.mp4", "fps": 10}},
     "export": {"network": "runs/demo", "outdir": "exports", "parity_batches": [1, 2], "parity_psi": [1.0, 0.7],
-               "triton_instance_kind": "KIND_CPU", "registered_model": "tiny-digits", "alias": "champion"},
+               "triton_instance_kind": "KIND_CPU", "registered_model": "tiny-digits", "quality_metric": "fd_effnet100"},
 }
 
 
@@ -50,7 +50,13 @@ def project(tmp_path_factory) -> Path:
         shutil.copytree(ROOT / name, proj / name, ignore=ignore)
     shutil.copy(ROOT / "dvc.yaml", proj / "dvc.yaml")
     (proj / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
-    subprocess.run([str(Path(sys.executable).with_name("dvc")), "init", "--no-scm", "-q"], cwd=proj, check=True)
+    shutil.copy(ROOT / ".gitignore", proj / ".gitignore")
+    # A git repository, as a user's checkout is: `dvc exp run` (the sweep) needs one.
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=proj, check=True)
+    subprocess.run([str(Path(sys.executable).with_name("dvc")), "init", "-q"], cwd=proj, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=proj, check=True)
+    subprocess.run([*git, "commit", "-qm", "project"], cwd=proj, check=True)
     return proj
 
 
@@ -69,7 +75,7 @@ def flow_result(project, tmp_path_factory):
     try:
         with prefect_test_harness(server_startup_timeout=120):
             first = pipeline(project_dir=str(project))
-            second = pipeline(project_dir=str(project), register=False)
+            second = pipeline(project_dir=str(project), register_model=False)
         yield first, second
     finally:
         mp.undo()
@@ -81,6 +87,7 @@ def test_flow_runs_every_stage_then_is_up_to_date(project, flow_result):
         "demo_data", "prepare", "validate", "train", "evaluate", "generate", "export"]
     assert all(r["ran"] for r in first["stages"])
     assert not any(r["ran"] for r in second["stages"]), "nothing changed: DVC must skip every stage"
+    assert first["registered"]["champion"] and second["registered"] is None  # nothing retrained: no new version
     for path in ("data/datasets/digits.zip", "reports/validation.json", "runs/demo/fakes_init.png", "metrics.json",
                  "reports/generate/classes.png", "reports/generate/video.mp4", "exports/generator.onnx",
                  "exports/parity.json", "dvc.lock"):
@@ -102,19 +109,29 @@ def test_mlflow_read_back(project, flow_result):
     children = mlflow.search_runs(experiment_ids=[parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
                                   output_format="list")
-    by_name = {r.info.run_name: r for r in children}
-    assert {"demo_data", "prepare", "validate", "train", "evaluate", "generate", "export"} <= set(by_name)
+    by_stage: dict[str, list] = {}
+    for r in children:
+        by_stage.setdefault(r.data.tags.get("stage"), []).append(r)
+    assert {"demo_data", "prepare", "validate", "train", "evaluate", "generate", "export"} <= set(by_stage)
+    assert len(by_stage["generate"]) == 3  # images, style-mixing, video: one run each
 
-    validate = by_name["validate"].data
-    assert validate.metrics["num_images"] == 1797 and validate.metrics["success"] == 1.0
-    train = by_name["train"]
-    assert train.data.params["cfg"] == "tiny" and float(train.data.params["kimg"]) == 0.032
+    validate = by_stage["validate"][0]
+    assert validate.data.metrics["num_images"] == 1797 and validate.data.metrics["success"] == 1.0
+    assert validate.info.end_time - validate.info.start_time > 500  # the stage's real duration, not logging time
+    train = by_stage["train"][0]
+    assert train.info.run_name == "train demo" and train.data.params["cfg"] == "tiny"
+    assert float(train.data.params["total_kimg"]) == 0.032  # resolved options, not the raw params section
+    assert float(train.data.params["loss_kwargs.r1_gamma"]) > 0  # the gamma actually used (params say null)
     history = client.get_metric_history(train.info.run_id, "Loss/G/loss")
     assert len(history) >= 2 and all(np.isfinite(m.value) for m in history)
-    train_files = {a.path for a in client.list_artifacts(train.info.run_id, "train")}
-    assert "train/fakes_init.png" in train_files and any(p.endswith(".safetensors") for p in train_files)
-    export = by_name["export"].data
+    train_files = {a.path for a in client.list_artifacts(train.info.run_id, "images")}
+    assert {"images/fakes_init.png", "images/reals.png"} <= train_files and len(train_files) >= 4  # progression
+    assert {"curves.csv", "curves.png"} <= {a.path for a in client.list_artifacts(train.info.run_id)}
+    export = by_stage["export"][0].data
     assert export.metrics["parity.generator.max_abs_err"] < 1e-3 and export.metrics["parity.passed"] == 1.0
+    assert parent.data.metrics["fd_effnet100"] > 0  # the quality number of this pipeline run
+    version = client.get_model_version_by_alias("tiny-digits", "champion")
+    assert version.tags["train_run_id"] == train.info.run_id and "quality.fd_effnet100" in version.tags
 
     # The registered generator renders through the pyfunc flavour.
     model = mlflow.pyfunc.load_model("models:/tiny-digits@champion")
@@ -146,3 +163,65 @@ def test_own_images_are_never_touched_by_the_demo_stage(tmp_path):
     assert sorted(p.name for p in photos.iterdir()) == ["holiday.jpg"]
     assert (photos / "holiday.jpg").read_bytes() == b"the user's photo"
     assert len(list((tmp_path / "data" / "raw" / "digits").rglob("*.png"))) == 1797
+
+
+@pytest.mark.slow  # two more trainings and an export: about 2-3 minutes on 2 cores
+def test_sweep_runs_two_points_tags_and_registers_the_better_one(project, flow_result, tmp_path_factory, capsys):
+    """`python -m flows.sweep --param train.gamma=...`: two DVC experiments, two MLflow child runs under one sweep
+    run with the swept value and the quality metric, the better one tagged, applied and registered."""
+    import mlflow
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.sweep import main as sweep_main
+    from stages.export.registry import is_better
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "add", "-A"], cwd=project, check=True)  # the pipeline's state (dvc.lock, metrics)
+    subprocess.run([*git, "commit", "-qm", "pipeline"], cwd=project, check=True)
+    mp = pytest.MonkeyPatch()
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mp.delenv("SG2_PARAMS", raising=False)
+    mp.setenv("SG2_OFFLINE", "1")
+    mp.setenv("SG2_DETECTOR_DIR", str(tmp_path_factory.mktemp("no-detectors")))
+    mp.setenv("SG2_METRICS_CACHE_DIR", str(tmp_path_factory.mktemp("metric-cache")))
+    try:
+        # Bad input is one line, before anything trains.
+        assert sweep_main(["--project-dir", str(project), "--param", "train.gama=1,2"]) == 2
+        assert sweep_main(["--project-dir", str(project), "--param", "train.gamma=big"]) == 2
+        assert sweep_main(["--project-dir", str(project), "--param", "train.gamma=1", "--metric", "fid50k_full"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 3 and "unknown option 'gama'" in err[0] and "expected float" in err[1], err
+        assert "does not compute it" in err[2]
+        with prefect_test_harness(server_startup_timeout=120):
+            rc = sweep_main(["--project-dir", str(project), "--param", "train.gamma=0.05,5",
+                             "--metric", "fd_effnet100"])
+    finally:
+        mp.undo()
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "gamma=0.05" in out and "gamma=5" in out and "best:" in out
+
+    mlflow.set_tracking_uri(f"sqlite:///{(project / 'mlflow.db').resolve()}")
+    sweeps = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'sweep'", output_format="list")
+    assert len(sweeps) == 1
+    points = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                filter_string=f"tags.mlflow.parentRunId = '{sweeps[0].info.run_id}' and "
+                                              "tags.stage = 'sweep-point'")
+    assert sorted(p.info.run_name for p in points) == ["gamma=0.05", "gamma=5"]
+    values = {p.data.params["train.gamma"]: p.data.metrics["fd_effnet100"] for p in points}
+    best = [p for p in points if p.data.tags.get("best") == "true"]
+    assert len(best) == 1
+    other = next(v for k, v in values.items() if k != best[0].data.params["train.gamma"])
+    assert is_better(best[0].data.metrics["fd_effnet100"], other, lower_is_better=True) or \
+        best[0].data.metrics["fd_effnet100"] == other
+    for p in points:  # each point's training run nests under it, named by what it varies
+        query = f"tags.mlflow.parentRunId = '{p.info.run_id}' and tags.stage = 'train'"
+        trains = mlflow.search_runs(search_all_experiments=True, output_format="list", filter_string=query)
+        assert len(trains) == 1 and trains[0].info.run_name.startswith(p.info.run_name)
+    summary = sorted((project / "reports" / "sweeps").glob("sweep-*/summary.csv"))[-1]
+    assert len(summary.read_text().splitlines()) == 3 and (summary.parent / "fakes.png").is_file()
+    version = mlflow.MlflowClient().get_model_version_by_alias("tiny-digits", "challenger")
+    assert version.tags["sweep_point_run_id"] == best[0].info.run_id
+    shown = subprocess.run([str(Path(sys.executable).with_name("dvc")), "exp", "show", "--json"], cwd=project,
+                           capture_output=True, text=True, check=True).stdout
+    assert shown.count("fd_effnet100") >= 2  # the experiments carry their metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import requests
@@ -277,3 +278,76 @@ def test_run_folder_means_newest_snapshot(tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no network-snapshot"):
         load_network(empty)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Named pretrained networks (official names -> NVIDIA URLs), offline.
+
+
+def test_named_networks_resolve_to_official_urls(tmp_path, monkeypatch):
+    from models.serialization.loading import PRETRAINED, resolve_network_path
+
+    sg2ada = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/"
+    ngc = "https://api.ngc.nvidia.com/v2/models/nvidia/research/"
+    assert resolve_network_path("ffhq256") == (
+        sg2ada + "transfer-learning-source-nets/ffhq-res256-mirror-paper256-noaug.pkl")
+    assert resolve_network_path("celebahq256") == (
+        sg2ada + "transfer-learning-source-nets/celebahq-res256-mirror-paper256-kimg100000-ada-target0.5.pkl")
+    assert resolve_network_path("lsundog256").endswith("/lsundog-res256-paper256-kimg100000-noaug.pkl")
+    assert resolve_network_path("stylegan3-r-afhqv2-512x512") == (
+        ngc + "stylegan3/versions/1/files/stylegan3-r-afhqv2-512x512.pkl")
+    assert resolve_network_path("stylegan2-cifar10-32x32") == (
+        ngc + "stylegan2/versions/1/files/stylegan2-cifar10-32x32.pkl")
+    assert resolve_network_path("metfaces") == sg2ada + "metfaces.pkl"
+    assert {n for n in PRETRAINED if n.startswith("stylegan3-")} == {
+        f"stylegan3-{c}-{d}" for c in "tr" for d in ("ffhq-1024x1024", "ffhqu-1024x1024", "ffhqu-256x256",
+                                                     "metfaces-1024x1024", "metfacesu-1024x1024", "afhqv2-512x512")}
+    assert all(url.startswith("https://") and url.endswith(".pkl") for url in PRETRAINED.values())
+    # A local file or folder of the same name wins; a `.pkl` name stays a file name.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ffhq256").mkdir()
+    save_snapshot(tmp_path / "ffhq256" / "network-snapshot-000001.safetensors", {"G": _tiny_g(0)})
+    assert resolve_network_path("ffhq256") == str(Path("ffhq256") / "network-snapshot-000001.safetensors")
+    assert resolve_network_path("ffhq.pkl") == "ffhq.pkl"
+
+
+def test_unknown_network_name_lists_the_known_ones(tmp_path, monkeypatch):
+    from models.serialization.loading import UnknownNetworkError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UnknownNetworkError) as info:
+        load_network("ffhq2048")
+    msg = str(info.value)
+    assert "ffhq2048" in msg and "not found" in msg and "\n" not in msg
+    assert "ffhq256" in msg and "stylegan3-t-ffhq-1024x1024" in msg and "lsundog256" in msg
+    with pytest.raises(FileNotFoundError) as info:  # a path is a path: no list of names
+        load_network("nets/ffhq2048.pkl")
+    assert "known" not in str(info.value) and not isinstance(info.value, UnknownNetworkError)
+
+
+def test_named_network_in_cache_loads_without_network(tmp_path, monkeypatch):
+    from models import load_generator
+    from models.serialization.loading import PRETRAINED, cache_path
+
+    def offline(*args, **kwargs):
+        raise requests.ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(requests, "get", offline)
+    cache = tmp_path / "cache"
+    nets = _nets(0)
+    target = cache_path(PRETRAINED["stylegan3-t-afhqv2-512x512"], cache)
+    assert target.parent == cache and target.name.endswith("_stylegan3-t-afhqv2-512x512.pkl")
+    save_snapshot(target, nets)  # a stand-in under the name's cache file (content decides the format)
+    data = load_network("stylegan3-t-afhqv2-512x512", cache_dir=cache)
+    z, c = _inputs(0)
+    assert torch.equal(data["G_ema"](z, c, noise_mode="const"), nets["G_ema"](z, c, noise_mode="const"))
+    monkeypatch.setenv("SG2_CACHE_DIR", str(cache))  # what --network / --resume use
+    G = load_generator("stylegan3-t-afhqv2-512x512")
+    assert torch.equal(G(z, c, noise_mode="const"), nets["G_ema"](z, c, noise_mode="const"))
+    # A name whose file is not cached: the offline error names the name, the URL and where to put the file.
+    with pytest.raises(NetworkDownloadError) as info:
+        load_network("ffhq512", cache_dir=cache)
+    msg = str(info.value)
+    assert msg.startswith("ffhq512: ") and PRETRAINED["ffhq512"] in msg and "offline" in msg
+    assert str(cache_path(PRETRAINED["ffhq512"], cache)) in msg and "\n" not in msg
+    assert sorted(p.name for p in cache.iterdir()) == [target.name]  # no partial download left behind

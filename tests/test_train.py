@@ -79,9 +79,10 @@ def test_smoke_outputs_losses_and_fakes(data, tmp_path):
     run = train(cfg(data, tmp_path / "run", steps=2, metrics=("fid50k_full",)))
     names = sorted(p.name for p in run.iterdir())
     # Snapshots less than 1 kimg apart carry kimg with three decimals, so each tick keeps its own.
-    assert names == ["checkpoints", "curves.csv", "fakes000000.004.png", "fakes000000.008.png", "fakes_init.png",
-                     "log.txt", "network-snapshot-000000.004.safetensors", "network-snapshot-000000.008.safetensors",
-                     "reals.png", "stats.jsonl", "training_options.json"]
+    assert names == ["checkpoints", "curves.csv", "curves.png", "fakes000000.004.png", "fakes000000.008.png",
+                     "fakes_init.png", "log.txt", "network-snapshot-000000.004.safetensors",
+                     "network-snapshot-000000.008.safetensors", "quality.csv", "reals.png", "stats.jsonl",
+                     "training_options.json"]
     records = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
     assert len(records) == 2
     for key in ("Loss/G/loss", "Loss/D/loss", "Loss/G/reg", "Loss/D/reg"):
@@ -430,3 +431,39 @@ def test_stylegan3_r_blurs_the_discriminator_input_and_fades_it(data):
     img[..., 32, 32] = 1
     blurred = loss.run_D(img, None, blur_sigma=2.0)
     assert float(blurred) == pytest.approx(float(img.mean()), rel=1e-5)  # the blur keeps the mass
+
+
+def test_fastgan_projected_trains_through_the_same_loop_and_resumes_exactly(data, tmp_path, capsys):
+    """Projected GAN: hinge loss, the frozen EfficientNet and projections untouched by training, no Dreg
+    phase, no augment pipe; resume continues bit for bit; options it would ignore are refused."""
+    common = dict(cfg="fastgan_tiny", snap=2, checkpoint_ticks=2, aug=None)
+    straight = train(cfg(data, tmp_path / "straight", steps=4, **common))
+    opts = json.loads((straight / "training_options.json").read_text())
+    assert (opts["G_class"], opts["D_class"]) == ("FastGANGenerator", "ProjectedDiscriminator")
+    assert opts["G_reg_interval"] is None and opts["D_reg_interval"] is None and opts["augment_kwargs"] is None
+    assert opts["G_opt_kwargs"]["lr"] == opts["D_opt_kwargs"]["lr"] == 0.0002
+    state = latest_state(straight)
+    from models import load_network
+    from models.projected import ProjectedDiscriminator
+
+    fresh = ProjectedDiscriminator(**opts["D_kwargs"]).state_dict()
+    pretrained = [k for k in fresh if k.startswith("feature_network.pretrained.")]
+    assert pretrained and all(torch.equal(state["D"][k], fresh[k]) for k in pretrained)  # ImageNet weights as loaded
+    first, _ = ckpt.load_checkpoint(ckpt.list_complete(straight)[0])
+    frozen = [k for k in fresh if k.startswith("feature_network.")]  # + the random projections
+    assert all(torch.equal(state["D"][k], first["D"][k]) for k in frozen)
+    trained = [k for k in fresh if k.startswith("discriminator.") and k.endswith("weight_orig")]
+    assert trained and any(not torch.equal(state["D"][k], first["D"][k]) for k in trained)
+    nets = load_network(straight)
+    assert type(nets["G_ema"]).__name__ == "FastGANGenerator" and type(nets["D"]).__name__ == "ProjectedDiscriminator"
+
+    resumed = tmp_path / "resumed"
+    train(cfg(data, resumed, steps=2, **common))
+    train(cfg(data, resumed, steps=4, resume="latest", **common))
+    assert_same(state["G"], latest_state(resumed)["G"], "G")
+    assert_same(state["optimizers"], latest_state(resumed)["optimizers"], "optimizers")
+
+    assert cli_main(["--data", str(data), "--cfg", "fastgan_lite", "--gamma", "1", "--aug", "ada",
+                     "--outdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--gamma, --aug: not used by --cfg fastgan_lite" in err

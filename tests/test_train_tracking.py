@@ -78,7 +78,7 @@ def test_training_run_in_mlflow_nested_under_parent(data, tmp_path, store, monke
 
     from flows.tracking import PipelineTracker
 
-    pipeline = PipelineTracker(tmp_path, "pipeline", logging.getLogger("test"))
+    pipeline = PipelineTracker(tmp_path, logging.getLogger("test"))
     pipeline.start()
     env = pipeline.child_env()
     parent = pipeline.run_id
@@ -88,7 +88,7 @@ def test_training_run_in_mlflow_nested_under_parent(data, tmp_path, store, monke
         monkeypatch.setenv(key, value)
     run_dir = train(cfg(data, tmp_path / "run", steps=2, mlflow=True, batch=4))
 
-    run = _only_run(store, "pipeline", name=run_dir.name)
+    run = _only_run(store, name=f"train {run_dir.name}")
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.parentRunId"] == parent
     assert run.data.tags["stage"] == "train"
@@ -98,9 +98,9 @@ def test_training_run_in_mlflow_nested_under_parent(data, tmp_path, store, monke
     assert run.data.params["batch_size"] == "4" and run.data.params["G_reg_interval"] == "4"
     options = json.loads((run_dir / "training_options.json").read_text())
     assert run.data.params["loss_kwargs.r1_gamma"] == str(options["loss_kwargs"]["r1_gamma"])
-    history = store.get_metric_history(run.info.run_id, "Loss.G.loss")
+    history = store.get_metric_history(run.info.run_id, "Loss/G/loss")
     assert len(history) == 2 and all(h.value == h.value for h in history)  # one point per tick, finite
-    assert [h.step for h in store.get_metric_history(run.info.run_id, "Progress.kimg")] == [0, 0]  # kimg (int)
+    assert [h.step for h in store.get_metric_history(run.info.run_id, "Progress/kimg")] == [0, 0]  # kimg (int)
     arts = _artifacts(store, run.info.run_id)
     assert {"images/reals.png", "images/fakes_init.png", "images/fakes000000.004.png", "images/fakes000000.008.png",
             "stats.jsonl", "log.txt", "snapshots/network-snapshot-000000.008.safetensors"} <= arts
@@ -148,8 +148,8 @@ def test_metrics_on_snapshots_and_missing_detector_skipped_once(data, tmp_path, 
     log = (run_dir / "log.txt").read_text()
     assert log.count("metric ppl2_wend: skipped") == 1 and "vgg16.pt" in log
     assert log.count("metric fid12_full: fid12_full") == 2
-    run = _only_run(store, name=run_dir.name)
-    assert len(store.get_metric_history(run.info.run_id, "Metrics.fid12_full")) == 2
+    run = _only_run(store, name=f"train {run_dir.name}")
+    assert len(store.get_metric_history(run.info.run_id, "Metrics/fid12_full")) == 2
 
     # Back to the first checkpoint: the second tick's line goes, and comes back once retrained.
     first = sorted((run_dir / "checkpoints").glob("ckpt-*"))[0]

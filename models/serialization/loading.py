@@ -3,6 +3,8 @@
 The format is decided by the file's first bytes, not its extension: a network pickle starts with the
 PROTO opcode (0x80); a safetensors file starts with an 8-byte little-endian header length followed by
 `{`. URLs (http, https, file) are fetched once into a cache directory and read from there afterwards.
+NVIDIA's published networks can be named instead of given by URL (`ffhq256`, `stylegan3-r-afhqv2-512x512`,
+... see `PRETRAINED`); a local file or folder of the same name wins.
 """
 
 from __future__ import annotations
@@ -30,6 +32,56 @@ RESULT_KEYS = ("G", "D", "G_ema", "augment_pipe", "training_set_kwargs")
 
 class NetworkDownloadError(OSError):
     """A network URL could not be fetched (offline, HTTP error); says which URL and where to put the file."""
+
+
+class UnknownNetworkError(FileNotFoundError):
+    """Neither a file, a folder, a URL nor a known network name; lists the names."""
+
+
+# NVIDIA's published networks by name -> URL (official pickles, imported code-free).
+_SG2ADA = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/"
+_NGC = "https://api.ngc.nvidia.com/v2/models/nvidia/research/{family}/versions/1/files/"
+PRETRAINED: dict[str, str] = {
+    # StyleGAN2-ADA transfer-learning sources: the official train.py `--resume` names (resume_specs).
+    "ffhq256": _SG2ADA + "transfer-learning-source-nets/ffhq-res256-mirror-paper256-noaug.pkl",
+    "ffhq512": _SG2ADA + "transfer-learning-source-nets/ffhq-res512-mirror-stylegan2-noaug.pkl",
+    "ffhq1024": _SG2ADA + "transfer-learning-source-nets/ffhq-res1024-mirror-stylegan2-noaug.pkl",
+    "celebahq256": _SG2ADA
+    + "transfer-learning-source-nets/celebahq-res256-mirror-paper256-kimg100000-ada-target0.5.pkl",
+    "lsundog256": _SG2ADA + "transfer-learning-source-nets/lsundog-res256-paper256-kimg100000-noaug.pkl",
+    # StyleGAN2-ADA paper networks (stylegan2-ada-pytorch README), by their file names.
+    **{name: f"{_SG2ADA}{name}.pkl" for name in ("ffhq", "metfaces", "afhqcat", "afhqdog", "afhqwild", "cifar10",
+                                                  "brecahad")},
+    # StyleGAN3 release (stylegan3 README): config T and R networks on NGC.
+    **{name: _NGC.format(family="stylegan3") + f"{name}.pkl" for name in (
+        "stylegan3-t-ffhq-1024x1024", "stylegan3-t-ffhqu-1024x1024", "stylegan3-t-ffhqu-256x256",
+        "stylegan3-r-ffhq-1024x1024", "stylegan3-r-ffhqu-1024x1024", "stylegan3-r-ffhqu-256x256",
+        "stylegan3-t-metfaces-1024x1024", "stylegan3-t-metfacesu-1024x1024",
+        "stylegan3-r-metfaces-1024x1024", "stylegan3-r-metfacesu-1024x1024",
+        "stylegan3-t-afhqv2-512x512", "stylegan3-r-afhqv2-512x512")},
+    # StyleGAN2 networks republished with the StyleGAN3 release (same README), on NGC.
+    **{name: _NGC.format(family="stylegan2") + f"{name}.pkl" for name in (
+        "stylegan2-ffhq-1024x1024", "stylegan2-ffhq-512x512", "stylegan2-ffhq-256x256",
+        "stylegan2-ffhqu-1024x1024", "stylegan2-ffhqu-256x256", "stylegan2-metfaces-1024x1024",
+        "stylegan2-metfacesu-1024x1024", "stylegan2-afhqv2-512x512", "stylegan2-afhqcat-512x512",
+        "stylegan2-afhqdog-512x512", "stylegan2-afhqwild-512x512", "stylegan2-brecahad-512x512",
+        "stylegan2-cifar10-32x32", "stylegan2-celebahq-256x256", "stylegan2-lsundog-256x256")},
+}
+
+
+def pretrained_url(name: str) -> str | None:
+    """The URL of a published network by its exact name, else None. `ffhq.pkl` stays a file name: a mistyped
+    local path must not start a download."""
+    return PRETRAINED.get(name)
+
+
+def _looks_like_name(source: str) -> bool:
+    """A bare word (no folder, no extension): what a user means as a network name."""
+    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", source) is not None
+
+
+def unknown_network_message(source: str) -> str:
+    return (f"network file not found: {source} (nor a known network name; known: {', '.join(sorted(PRETRAINED))})")
 
 
 def get_cache_dir(override: str | os.PathLike | None = None) -> Path:
@@ -72,6 +124,11 @@ def download_to(url: str, fh: Any) -> None:
         ) from exc
 
 
+def cache_path(url: str, cache: str | os.PathLike | None = None) -> Path:
+    """Where `fetch_url` keeps (or looks for) the file of `url`."""
+    return _cache_path(url, get_cache_dir(cache))
+
+
 def fetch_url(url: str, cache: str | os.PathLike | None = None) -> Path:
     """Local path of `url`, downloading it into the cache on first use only (atomic: temp file + rename)."""
     directory = get_cache_dir(cache)
@@ -108,9 +165,12 @@ _SNAPSHOT_NAME = re.compile(r"^network-snapshot-(\d+(?:\.\d+)?)\.(safetensors|pk
 
 
 def resolve_network_path(path_or_url: str | os.PathLike) -> str:
-    """A training run folder means its newest `network-snapshot-<kimg>.*`; files and URLs pass through."""
+    """A training run folder means its newest `network-snapshot-<kimg>.*`; a published network's name (that is
+    no local path) its URL; files and URLs pass through."""
     source = os.fspath(path_or_url)
     folder = Path(source)
+    if not is_url(source) and not folder.exists() and (url := pretrained_url(source)) is not None:
+        return url
     if is_url(source) or not folder.is_dir():
         return source
     snaps = sorted((float(m[1]), f.name) for f in folder.iterdir() if (m := _SNAPSHOT_NAME.match(f.name)))
@@ -127,9 +187,22 @@ def load_network(path_or_url: str | os.PathLike, cache_dir: str | os.PathLike | 
     http(s)/file URLs (downloaded once to the cache dir). A training run folder stands for its newest
     `network-snapshot-*`. Modules are on CPU, in eval mode, with gradients disabled.
     """
+    name = os.fspath(path_or_url)
     source = resolve_network_path(path_or_url)
-    path = fetch_url(source, cache_dir) if is_url(source) else Path(source)
+    if is_url(source):
+        try:
+            path = fetch_url(source, cache_dir)
+        except NetworkDownloadError as exc:
+            if source == name:
+                raise
+            # A named network: say which name, and where the file may be put by hand.
+            raise NetworkDownloadError(f"{name}: {exc}; or place the file at {cache_path(source, cache_dir)}") \
+                from exc
+    else:
+        path = Path(source)
     if not path.is_file():
+        if source == name and not path.exists() and _looks_like_name(name):
+            raise UnknownNetworkError(unknown_network_message(name))
         raise FileNotFoundError(f"network file not found: {path}")
     if detect_format(path) == "pickle":
         from models.serialization.tf_pickle import (  # TF-era pickles: rarer, imported lazily

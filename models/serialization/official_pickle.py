@@ -204,6 +204,13 @@ class RestrictedUnpickler(pickle.Unpickler):
                 "this is a TensorFlow StyleGAN2 pickle (dnnlib.tflib.network.Network); "
                 "converting TensorFlow pickles is not supported yet"
             )
+        if module.split(".")[0] in ("pg_modules", "timm"):
+            # Projected GAN snapshots pickle their FastGAN / projected-D / timm modules as plain classes (no
+            # persistence records, no constructor arguments): nothing to rebuild them from safely yet.
+            raise UnsupportedPickleError(
+                f"this is a Projected GAN pickle ({module}.{name}); importing those is not supported yet: train "
+                "with --cfg fastgan|fastgan_lite here, or convert the weights with the official code"
+            )
         obj = _ALLOWED.get((module, name))
         if obj is not None:
             return obj

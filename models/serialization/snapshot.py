@@ -65,6 +65,8 @@ def _load_default_classes() -> None:
     global _DEFAULTS_LOADED
     if _DEFAULTS_LOADED:
         return
+    from models.projected.discriminator import ProjectedDiscriminator
+    from models.projected.fastgan import FastGANGenerator
     from models.stylegan2.discriminator import Discriminator
     from models.stylegan2.generator import Generator
     from models.stylegan2.mapping import MappingNetwork
@@ -77,7 +79,8 @@ def _load_default_classes() -> None:
     # ones: StyleGAN2's "Generator" (the official name, kept for existing snapshots) and
     # "StyleGAN3Generator" for the alias-free one.
     for cls in (Generator, Discriminator, MappingNetwork, SynthesisNetwork,
-                StyleGAN3Generator, StyleGAN3MappingNetwork, StyleGAN3SynthesisNetwork):
+                StyleGAN3Generator, StyleGAN3MappingNetwork, StyleGAN3SynthesisNetwork, FastGANGenerator,
+                ProjectedDiscriminator):
         _REGISTRY.setdefault(cls.__name__, cls)
     # The augmentation pipeline arrives later; once `models/augment.py` exists its AugmentPipe is
     # rebuilt as a module, until then augment state travels as a plain dict (see `TensorGroup`).

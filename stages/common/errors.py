@@ -62,9 +62,12 @@ def debug_requested(argv: list[str] | None = None) -> bool:
 def exit_code_for(exc: BaseException) -> int | None:
     """The exit code of an expected failure, or None for a bug (which keeps its traceback)."""
     from models import SnapshotError, UnsafePickleError, UnsupportedPickleError
+    from models.serialization.loading import NetworkDownloadError
 
     if isinstance(exc, StageError):
         return exc.exit_code
+    if isinstance(exc, NetworkDownloadError):
+        return EXIT_ENVIRONMENT  # offline, or the server refused: not the user's input
     if isinstance(exc, SnapshotError | UnsafePickleError | UnsupportedPickleError | pickle.UnpicklingError
                    | zipfile.BadZipFile | json.JSONDecodeError | UnicodeDecodeError):
         return EXIT_BAD_INPUT

@@ -3,16 +3,20 @@
 One switch, one rule: a stage logs to MLflow when its `mlflow` option is true (`--mlflow`, or
 `mlflow: true` in its params.yaml section) or when SG2_MLFLOW is 1/true/yes/on. Where: the tracking
 URI from MLFLOW_TRACKING_URI, else the project's server-less `sqlite:///mlflow.db` with artifacts in
-`./mlartifacts`. A run started while another is active in the process nests under it; a stage started
-by the pipeline flow nests under the flow's run through SG2_MLFLOW_PARENT_RUN_ID; MLFLOW_RUN_ID makes
-a stage log into that existing run. Tracking never stops a stage: an unreachable server is noticed by a
-quick check before the run starts (or by the first failing call), warned about once, and the stage
-carries on untracked. MLflow is imported only when tracking is on.
+`./mlartifacts`; one experiment for the whole project (`sg2ada-mlops`, or MLFLOW_EXPERIMENT_NAME / _ID),
+shared by pipeline runs, `dvc exp run`s, sweeps and stand-alone stage runs, with the same metric keys
+everywhere (the official statistic names, e.g. `Loss/G/loss`). SG2_MLFLOW_RUN_NAME names a stage's run by
+what the caller varies (a sweep sets it). A run started while another is active in the process nests
+under it; a stage started by the pipeline flow or a sweep nests under their run through
+SG2_MLFLOW_PARENT_RUN_ID; MLFLOW_RUN_ID makes a stage log into that existing run. Tracking never stops
+a stage: an unreachable server is noticed by a quick check before the run starts (or by the first failing
+call), warned about once, and the stage carries on untracked. MLflow is imported only when tracking is on.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import subprocess
 import warnings
@@ -23,7 +27,8 @@ from typing import Any, Protocol
 SWITCH_ENV = "SG2_MLFLOW"
 PARENT_RUN_ENV = "SG2_MLFLOW_PARENT_RUN_ID"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-DEFAULT_EXPERIMENT = "stylegan2-ada-train"  # unless MLFLOW_EXPERIMENT_ID/NAME or an active run say otherwise
+RUN_NAME_ENV = "SG2_MLFLOW_RUN_NAME"
+DEFAULT_EXPERIMENT = "sg2ada-mlops"  # unless MLFLOW_EXPERIMENT_ID/NAME or an active run say otherwise
 ARTIFACT_DIR = Path("mlartifacts")
 REACHABILITY_TIMEOUT_S = 3.0
 
@@ -37,6 +42,25 @@ def mlflow_enabled(option: bool) -> bool:
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+
+def named_run(default: str) -> str:
+    """`default`, prefixed by what the caller varies (SG2_MLFLOW_RUN_NAME, e.g. `gamma=0.1`) when set."""
+    prefix = os.environ.get(RUN_NAME_ENV)
+    return f"{prefix} {default}" if prefix else default
+
+
+def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The finite numbers of a dict (booleans as 0/1): what MLflow metrics can hold, under the same keys."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or (isinstance(value, int | float) and math.isfinite(value)):
+            out[key] = float(value)
+    return out
 
 
 def git_commit(cwd: str | os.PathLike = ".") -> str | None:
@@ -126,11 +150,11 @@ class NullTracker:
 class MlflowTracker:
     """One MLflow run; every call is guarded so that tracking never stops the stage."""
 
-    def __init__(self, experiment: str = DEFAULT_EXPERIMENT) -> None:
+    def __init__(self, experiment: str | None = None) -> None:
         import mlflow
 
         self._mlflow = mlflow
-        self._experiment = experiment
+        self._experiment = experiment or experiment_name()
         self._alive = True
         self._owns_run = False
         self.run_id: str | None = None
@@ -167,8 +191,8 @@ class MlflowTracker:
         parent = os.environ.get(PARENT_RUN_ENV)
         if parent and active is None and not os.environ.get("MLFLOW_RUN_ID"):
             all_tags["mlflow.parentRunId"] = parent
-        run = self._guard("start_run", mlflow.start_run, run_name=run_name, tags=all_tags or None,
-                          nested=active is not None)
+        run = self._guard("start_run", mlflow.start_run, run_name=named_run(run_name),
+                          tags=all_tags or None, nested=active is not None)
         if run is not None:
             self._owns_run, self.run_id = True, run.info.run_id
         if params:
@@ -179,7 +203,7 @@ class MlflowTracker:
         self._guard("set_tags", self._mlflow.set_tags, {k: str(v)[:5000] for k, v in tags.items()})
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        clean = {k.replace("/", "."): float(v) for k, v in metrics.items() if v == v}  # NaN is not loggable
+        clean = finite_metrics(metrics)  # NaN is not loggable
         if clean:
             self._guard("log_metrics", self._mlflow.log_metrics, clean, step=step)
 
@@ -197,7 +221,7 @@ class MlflowTracker:
             self._guard("end_run", self._mlflow.end_run, status=status)
 
 
-def make_tracker(enabled: bool, experiment: str = DEFAULT_EXPERIMENT) -> tuple[Tracker, str | None]:
+def make_tracker(enabled: bool, experiment: str | None = None) -> tuple[Tracker, str | None]:
     """(tracker, a note for the log or None). `enabled` is the stage's `mlflow` option (see `mlflow_enabled`)."""
     if not mlflow_enabled(enabled):
         return NullTracker(), None

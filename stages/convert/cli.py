@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"converted {cfg.source} -> {cfg.dest}")
     for line in describe(networks):
         print(line)
-    tracker, note = make_tracker(cfg.mlflow, experiment="convert")
+    tracker, note = make_tracker(cfg.mlflow)
     if note:
         print(f"note: {note}")
     tracker.start("convert", params={"source": cfg.source, "dest": cfg.dest}, tags={"stage": "convert"})

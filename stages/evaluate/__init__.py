@@ -1,5 +1,5 @@
-"""evaluate: GAN metrics with the official StyleGAN2-ADA names and meaning (FID, KID, precision/recall,
-IS, PPL).
+"""evaluate: GAN metrics with the official names and meaning (FID, KID, precision/recall, IS, PPL, and
+StyleGAN3's equivariance EQ-T/EQ-R), plus distances in EfficientNet-Lite0 space (`fd_effnet*`).
 
     from stages.evaluate.runner import compute_metrics, MetricOptions
     out = compute_metrics("runs/demo/network-snapshot-000020.safetensors", ["fid50k_full"],
@@ -8,6 +8,6 @@ IS, PPL).
 
 Modules: `registry` (names -> MetricSpec), `formulas` (pure math), `detectors` (Inception/VGG16 TorchScript
 files: lookup, download, checksum), `features` (real/generated feature passes, statistics cache), `ppl`,
-`distributed` (process split and gather), `runner` (compute, report), `config` (the `evaluate:` params),
-`cli` (the command).
+`equivariance` (EQ-T/EQ-R), `distributed` (process split and gather), `runner` (compute, report), `config`
+(the `evaluate:` params), `evaluation` (the stage), `cli` (the command).
 """

@@ -57,7 +57,8 @@ class EvaluateConfig:
 
 HELP = {
     "network": "snapshot/pickle path or URL, or a training run folder (its newest snapshot)",
-    "metrics": "comma-separated metric names, e.g. fid50k_full,kid50k_full,pr50k3_full,is50k,ppl2_wend",
+    "metrics": ("comma-separated metric names, e.g. fid50k_full,kid50k_full,pr50k3_full,is50k,ppl2_wend; "
+                "eqt50k_int,eqt50k_frac,eqr50k for StyleGAN3; fd_effnet2k_full,kid_effnet2k_full offline"),
     "data": "reference dataset ZIP/folder (default: the run's training_options.json)",
     "mirror": "x-flipped reals for non-_full metrics (default: as in training)",
     "run_dir": "folder for metric-<name>.jsonl (default: the snapshot's run folder)",

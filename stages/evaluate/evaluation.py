@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from models.serialization.loading import resolve_network_path
-from stages.common.config import ConfigError
+from stages.common.config import ConfigError, flatten
 from stages.common.tracking import make_tracker
 from stages.evaluate.config import EvaluateConfig
 
@@ -87,8 +87,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         tracker, note = make_tracker(cfg.mlflow)
         if note:
             print(f"note: {note}", file=sys.stderr)
-        tracker.start("evaluate", params=dict(network=network, metrics=",".join(cfg.metrics), seed=cfg.seed),
-                      tags={"stage": "evaluate"})
+        tracker.start("evaluate", params=dict(flatten(cfg), network=network), tags={"stage": "evaluate"})
         tracker.log_metrics(out["results"])
         tracker.log_artifacts([*written, Path(cfg.out)], "metrics")
         tracker.end("FINISHED")

@@ -7,8 +7,11 @@
     is50k         Inception score, 50 000 generated, 10 splits
     ppl_zfull, ppl_wfull, ppl_zend, ppl_wend   PPL in Z/W, full path or endpoints, face crop (FFHQ protocol)
     ppl2_wend     PPL in W at endpoints without the crop (StyleGAN2 paper protocol)
+    eqt50k_int    EQ-T: PSNR (dB) between translated renders and translated images, whole-pixel shifts
+    eqt50k_frac   EQ-T_frac: the same with sub-pixel shifts (Lanczos resampling)
+    eqr50k        EQ-R: the same for rotations (StyleGAN3 networks only; see equivariance.py)
 
-Sizes: a number with optional `k` (x1000), so `fid2k_full`, `kid500`, `pr10k3` parse too.
+Sizes: a number with optional `k` (x1000), so `fid2k_full`, `kid500`, `pr10k3`, `eqt1k_int`, `eqr500` parse too.
 
 Metrics in another feature space carry its name, so no number is mistaken for a paper FID:
 
@@ -26,7 +29,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["fid", "kid", "pr", "is", "ppl"]
+Kind = Literal["fid", "kid", "pr", "is", "ppl", "eq"]
+EqKind = Literal["eqt_int", "eqt_frac", "eqr"]
 
 # Official caps on real images for the `_full` variants (dataset sizes beyond these are subsampled).
 FULL_MAX_REAL = {"fid": None, "kid": 1_000_000, "pr": 200_000}
@@ -48,9 +52,13 @@ class MetricSpec:
     crop: bool = True                   # PPL: central face crop before LPIPS
     epsilon: float = 1e-4               # PPL: step along the path
     feature_net: str | None = None      # a `models.features` network instead of the official detector
+    eq: EqKind | None = None            # equivariance: which transform
 
     @property
-    def detector(self) -> str:
+    def detector(self) -> str | None:
+        """The feature network the metric needs; None for equivariance (it compares pixels)."""
+        if self.kind == "eq":
+            return None
         if self.feature_net is not None:
             return self.feature_net
         return "inception" if self.kind in ("fid", "kid", "is") else "vgg16"
@@ -71,6 +79,8 @@ class UnknownMetricError(ValueError):
 _PR = re.compile(r"^pr(\d+)(k?)(\d)(_full)?$")  # pr50k3: count, then the one-digit neighbourhood size
 _OTHER = re.compile(r"^(fid|kid|is)(\d+)(k?)(_full)?$")
 _PPL = re.compile(r"^ppl(2?)_(z|w)(full|end)$")
+_EQT = re.compile(r"^eqt(\d+)(k?)_(int|frac)$")
+_EQR = re.compile(r"^eqr(\d+)(k?)$")
 _OTHER_SPACE = re.compile(r"^(fd|kid)_(effnet)(\d+)(k?)(_full)?$")
 FEATURE_SPACES = {"effnet": "effnet-lite0"}  # metric-name tag -> models.features registry name
 
@@ -86,6 +96,10 @@ def parse_metric(name: str) -> MetricSpec:
     """The MetricSpec of `name`; raises UnknownMetricError with the accepted forms."""
     if m := _PPL.match(name):
         return MetricSpec(name, "ppl", 50_000, space=m[2], sampling=m[3], crop=not m[1])  # type: ignore[arg-type]
+    if m := _EQT.match(name):
+        return MetricSpec(name, "eq", _count(m[1], m[2]), eq="eqt_" + m[3], full=True)  # type: ignore[arg-type]
+    if m := _EQR.match(name):
+        return MetricSpec(name, "eq", _count(m[1], m[2]), eq="eqr", full=True)
     if m := _OTHER_SPACE.match(name):
         kind = "fid" if m[1] == "fd" else "kid"
         n, full = _count(m[3], m[4]), bool(m[5])
@@ -104,11 +118,12 @@ def parse_metric(name: str) -> MetricSpec:
         return MetricSpec(name, kind, n, max_real=FULL_MAX_REAL[kind] if full else n, full=full)  # type: ignore[arg-type]
     raise UnknownMetricError(
         f"unknown metric {name!r}; use fid|kid<N>[k][_full], pr<N>[k]<K>[_full], is<N>[k], "
-        f"ppl[2]_(z|w)(full|end) or fd|kid_effnet<N>[k][_full], e.g. {', '.join(OFFICIAL_METRICS)}, fd_effnet2k_full")
+        f"ppl[2]_(z|w)(full|end), eqt<N>[k]_int|frac, eqr<N>[k] or fd|kid_effnet<N>[k][_full], "
+        f"e.g. {', '.join(OFFICIAL_METRICS)}, fd_effnet2k_full")
 
 
 OFFICIAL_METRICS = ("fid50k_full", "kid50k_full", "pr50k3_full", "ppl2_wend", "is50k", "fid50k", "kid50k",
-                    "pr50k3", "ppl_zfull", "ppl_wfull", "ppl_zend", "ppl_wend")
+                    "pr50k3", "ppl_zfull", "ppl_wfull", "ppl_zend", "ppl_wend", "eqt50k_int", "eqt50k_frac", "eqr50k")
 
 
 def parse_metrics(names: list[str] | tuple[str, ...] | str) -> list[MetricSpec]:
@@ -118,3 +133,10 @@ def parse_metrics(names: list[str] | tuple[str, ...] | str) -> list[MetricSpec]:
     if len({s.name for s in specs}) != len(specs):
         raise UnknownMetricError(f"duplicate metric in {list(names)}")
     return specs
+
+
+def lower_is_better(name: str) -> bool:
+    """Direction of a metric: distances and path lengths (FID, FD, KID, PPL) fall as quality rises; IS,
+    precision and recall rise. Equivariance PSNRs rise too."""
+    spec = parse_metric(name)
+    return spec.kind in ("fid", "kid", "ppl")

@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from stages.common.config import ConfigError
 from stages.common.fileio import append_jsonl, write_json_atomic
 from stages.common.progress import format_time
 from stages.evaluate import formulas
 from stages.evaluate.detectors import DetectorNotFoundError, check_detector, open_detector
 from stages.evaluate.distributed import ProcessGroup, SingleProcess, is_main
+from stages.evaluate.equivariance import equivariance_psnr, user_transform
 from stages.evaluate.features import (
     FeatureStats,
     cached_dataset_features,
@@ -97,9 +99,36 @@ def _gen_stats(spec: MetricSpec, G: Any, labels: np.ndarray | None, det: Any, kw
                               progress=opts.progress)
 
 
-def compute_metric(spec: MetricSpec, G: Any, dataset_kwargs: dict[str, Any], opts: MetricOptions) -> dict[str, Any]:
+def _equivariance(spec: MetricSpec, G: Any, dataset_kwargs: dict[str, Any] | None, opts: MetricOptions
+                  ) -> dict[str, float]:
+    """EQ-T / EQ-T_frac / EQ-R: pixels only, no detector; the dataset only supplies labels (conditional G)."""
+    labels = None
+    if G.c_dim > 0:
+        if not dataset_kwargs:
+            raise ConfigError(f"{spec.name}: a conditional generator draws its labels from the dataset; pass "
+                              "dataset_kwargs (CLI: --data)")
+        labels = _all_labels(make_dataset(dataset_kwargs, spec), G.c_dim)
+    # Truncation applies in the mapping network; noise is always 'const' (both renders of a sample share it).
+    mapping_keys = ("truncation_psi", "truncation_cutoff")
+    synthesis_kwargs = {k: v for k, v in opts.G_kwargs.items() if k not in (*mapping_keys, "noise_mode")}
+    psnr = equivariance_psnr(G, labels, spec.eq, spec.num_gen, seed=opts.seed,  # type: ignore[arg-type]
+                             mapping_kwargs={k: v for k, v in opts.G_kwargs.items() if k in mapping_keys},
+                             synthesis_kwargs=synthesis_kwargs, group=opts.group, device=opts.device,
+                             progress=opts.progress, metric=spec.name)
+    return {spec.name: psnr}
+
+
+def compute_metric(spec: MetricSpec, G: Any, dataset_kwargs: dict[str, Any] | None, opts: MetricOptions
+                   ) -> dict[str, Any]:
     """One metric -> the official result record. Every process must call it (collectives inside)."""
     start = time.time()
+    if spec.kind == "eq":
+        results = opts.group.all_gather(_equivariance(spec, G, dataset_kwargs, opts))[0]
+        total = time.time() - start
+        return dict(results=results, metric=spec.name, total_time=total, total_time_str=format_time(total),
+                    num_gpus=opts.group.num_processes)
+    if not dataset_kwargs:
+        raise ConfigError("dataset options unknown: pass dataset_kwargs (CLI: --data)")
     dataset = make_dataset(dataset_kwargs, spec)
     labels = _all_labels(dataset, G.c_dim)
     det, det_id = _detector(spec.detector, opts)
@@ -169,9 +198,14 @@ def compute_metrics(
         G = net["G_ema"] if net.get("G_ema") is not None else net["G"]
         if dataset_kwargs is None:
             dataset_kwargs = net.get("training_set_kwargs")
-    if not dataset_kwargs:
-        raise ValueError("dataset options unknown: pass dataset_kwargs (CLI: --data)")
-    dataset_kwargs = dict(dataset_kwargs, resolution=G.img_resolution, use_labels=G.c_dim != 0)
+    for spec in specs:  # refuse a StyleGAN2 network before any other metric spends time
+        if spec.kind == "eq":
+            user_transform(G, spec.name)
+    # Equivariance of an unconditional generator needs no images, so no dataset either.
+    if not dataset_kwargs and (G.c_dim > 0 or any(spec.kind != "eq" for spec in specs)):
+        raise ConfigError("dataset options unknown: pass dataset_kwargs (CLI: --data)")
+    if dataset_kwargs:
+        dataset_kwargs = dict(dataset_kwargs, resolution=G.img_resolution, use_labels=G.c_dim != 0)
     G = G.eval().requires_grad_(False).to(opts.device)
     records: dict[str, Any] = {}
     skipped: dict[str, str] = {}

@@ -32,9 +32,11 @@ class ExportConfig:
     triton_name: str = "stylegan2_generator"  # model name in the Triton repository
     triton_instance_kind: str = "KIND_GPU"    # KIND_GPU | KIND_CPU (a plan is always KIND_GPU)
     triton_max_queue_delay_us: int = 100      # dynamic batching: wait at most this for a fuller batch
-    mlflow: bool = False                      # log + register the serving graph
+    mlflow: bool = False                      # log parity figures and the graphs to MLflow (also SG2_MLFLOW=1)
+    register: bool = False                    # register the serving graph (@challenger; @champion if better)
     registered_model: str = "stylegan2-generator"
-    alias: str = "champion"
+    quality_metric: str = "fd_effnet1k_full"  # decides @champion: read from `metrics_file` (evaluate's output)
+    metrics_file: str = "metrics.json"
     dry_run: bool = False                     # print the resolved config and exit
 
     def __post_init__(self) -> None:
@@ -60,8 +62,14 @@ class ExportConfig:
             raise ConfigError("export.triton_max_queue_delay_us must be >= 0")
         if not self.triton_name or "/" in self.triton_name:
             raise ConfigError("export.triton_name must be a non-empty name without '/'")
-        if not self.registered_model or not self.alias:
-            raise ConfigError("export.registered_model and export.alias must be non-empty")
+        if not self.registered_model:
+            raise ConfigError("export.registered_model must be non-empty")
+        from stages.evaluate.registry import UnknownMetricError, parse_metric
+
+        try:
+            parse_metric(self.quality_metric)
+        except UnknownMetricError as exc:
+            raise ConfigError(f"export.quality_metric: {exc}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +115,11 @@ HELP = {
     "triton_name": "model name in the Triton repository",
     "triton_instance_kind": "KIND_GPU | KIND_CPU",
     "triton_max_queue_delay_us": "dynamic batching: wait at most this for a fuller batch",
-    "mlflow": "register the serving graph in MLflow with an alias",
+    "mlflow": "log parity figures and graphs to MLflow (also SG2_MLFLOW=1)",
+    "register": "register the serving graph: @challenger, and @champion when its quality beats the champion's",
     "registered_model": "MLflow registered model name",
-    "alias": "MLflow alias of the new version",
+    "quality_metric": "metric deciding @champion (from --metrics-file), e.g. fd_effnet1k_full",
+    "metrics_file": "evaluate's results file holding quality_metric",
     "dry_run": "print the resolved config and exit",
     "model": ".onnx graph (onnxruntime) or .plan engine (TensorRT)",
     "seeds": "e.g. 0-7,10",

@@ -7,6 +7,11 @@ Outputs in `config.outdir` (each written atomically):
     generator.plan          only with engine=True (TensorRT + CUDA GPU)
     model_repository/       Triton: <triton_name>/config.pbtxt, <triton_name>/1/model.{onnx,plan}
     export_summary.json     what was written, IO of every graph, hashes, parity verdict
+
+StyleGAN3 generators export the same way. Their `synthesis.input.transform` (the inverse of a user's
+translate/rotate, see `stages.generate images --translate/--rotate`) is a buffer, so the graphs bake its value
+*at export time* as a constant: set it before exporting to serve a moved or rotated generator; it is recorded
+in export_summary.json under "transform".
 """
 
 from __future__ import annotations
@@ -43,6 +48,12 @@ class ParityError(CheckFailed):
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def baked_transform(G: torch.nn.Module) -> list[list[float]] | None:
+    """The StyleGAN3 user transform the graphs bake in (3x3, row-major), or None for a network without one."""
+    transform = getattr(getattr(getattr(G, "synthesis", None), "input", None), "transform", None)
+    return transform.detach().cpu().double().tolist() if isinstance(transform, torch.Tensor) else None
 
 
 def export_all(config: ExportConfig, G: torch.nn.Module | None = None) -> dict[str, Any]:
@@ -116,6 +127,7 @@ def export_all(config: ExportConfig, G: torch.nn.Module | None = None) -> dict[s
         "opset": config.opset,
         "truncation_psi": "input [B, 1] float32; 1 = no truncation; mixed values per batch allowed",
         "noise": "const (baked)",
+        "transform": baked_transform(G),  # StyleGAN3: synthesis.input.transform at export time, baked
         "graphs": {
             name: {"path": str(files[name]), "sha256": _sha256(files[name]), "bytes": files[name].stat().st_size,
                    "nodes": len(graphs[name].graph.node), "opset": ox.opset_of(graphs[name]), **io[name]}
@@ -129,8 +141,9 @@ def export_all(config: ExportConfig, G: torch.nn.Module | None = None) -> dict[s
                    "model": str(triton_paths["model"]), "platform": platform},
         "config": dataclasses.asdict(config),
     }
-    if config.mlflow:
-        summary["mlflow"] = register(config, G, files, summary)
+    log_to_mlflow(config, files, summary)
+    if config.register:
+        summary["registered"] = register(config, G, files, summary)
     write_json_atomic(out / "export_summary.json", summary)
     return summary
 
@@ -151,18 +164,52 @@ def build_and_check_engine(G: torch.nn.Module, config: ExportConfig, out: Path, 
     return {"path": str(plan), "fp16": config.engine_fp16, "verify": check, "timing": timing}
 
 
-def register(config: ExportConfig, G: torch.nn.Module, files: dict[str, Path], summary: dict[str, Any]) -> dict:
+def log_to_mlflow(config: ExportConfig, files: dict[str, Path], summary: dict[str, Any]) -> None:
+    from stages.common.config import flatten
+    from stages.common.tracking import make_tracker
+
+    tracker, note = make_tracker(config.mlflow)
+    if note:
+        log.warning("%s", note)
+    out = Path(config.outdir)
+    tracker.start("export", params=flatten(config), tags={"stage": "export"})
+    tracker.log_metrics({k: v for k, v in summary["parity"].items() if k != "passed"}
+                        | {"parity.passed": float(summary["parity"]["passed"])})
+    tracker.log_artifacts([files["generator"], out / "parity.json", out / "build_engine.sh"], "export")
+    tracker.end("FINISHED")
+
+
+def quality_of(config: ExportConfig) -> tuple[str, float | None, bool]:
+    """(metric, value from the metrics file or None, lower is better) for the champion rule."""
+    import json
+
+    from stages.evaluate.registry import lower_is_better
+
+    value = None
+    try:
+        value = json.loads(Path(config.metrics_file).read_text()).get(config.quality_metric)
+    except (OSError, ValueError):
+        log.warning("%s unreadable: the new version cannot replace a champion that has a quality number",
+                    config.metrics_file)
+    return config.quality_metric, float(value) if isinstance(value, int | float) else None, \
+        lower_is_better(config.quality_metric)
+
+
+def register(config: ExportConfig, G: torch.nn.Module, files: dict[str, Path], summary: dict[str, Any],
+             links: dict[str, str] | None = None) -> dict[str, Any]:
     import mlflow
 
     from stages.common.config import flatten
-    from stages.common.tracking import tracking_uri
+    from stages.common.tracking import experiment_name, tracking_uri, use_experiment
     from stages.export.registry import register_generator
 
     mlflow.set_tracking_uri(tracking_uri())
+    if mlflow.active_run() is None:
+        use_experiment(experiment_name())
     out = Path(config.outdir)
     return register_generator(
-        files["generator_uint8"], config.registered_model, alias=config.alias, c_dim=int(G.c_dim),
-        metrics={k: v for k, v in summary["parity"].items() if k != "passed"},
+        files["generator_uint8"], config.registered_model, c_dim=int(G.c_dim), quality=quality_of(config),
+        links=links, metrics={k: v for k, v in summary["parity"].items() if k != "passed"},
         params=flatten(config, prefix="export."),
         artifacts=[out / "parity.json", out / "build_engine.sh", out / "model_repository" / config.triton_name
                    / "config.pbtxt"],

@@ -8,6 +8,9 @@ Graphs (all with a dynamic batch axis named `batch`, opset >= 17, noise baked as
     synthesis.onnx        ws [B, num_ws, w_dim] f32 -> img [B, C, H, W] f32
     *_fp16.onnx           same IO names, shapes and dtypes (float32 in and out), float16 inside
 
+StyleGAN3 generators (same graphs and IO) have no noise; their user transform `synthesis.input.transform` is
+a buffer and is baked as a constant with the value it holds when the graph is exported.
+
 psi is `[B, 1]` rather than a scalar so that every input's first dimension is the batch (Triton
 with max_batch_size > 0 and dynamic batching require it) and a batch can mix truncation values.
 """

@@ -4,6 +4,9 @@ The official interface takes `truncation_psi` as a Python float, which would be 
 graph. Serving wants it per request, so `GeneratorForExport` re-states the truncation trick with a
 tensor `psi [B, 1]`; the weights are the generator's own (shared, not copied).
 
+StyleGAN3 generators go through the same modules: their only extra state, the user transform
+`synthesis.input.transform`, is a buffer and becomes a constant of the graph (its value at export time).
+
 Both modules call the synthesis network with `noise_mode='const'` (the fixed noise buffers become
 initializers), `force_fp32=True` (a graph has one precision; fp16 is a separate conversion) and
 `fused_modconv=False`: the fused path is a grouped convolution with groups = batch size, which cannot
@@ -13,11 +16,11 @@ be exported with a dynamic batch axis, while scale-conv-scale can.
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
-
-import ops.modulated_conv as _modulated_conv
 
 SYNTHESIS_KWARGS = dict(noise_mode="const", force_fp32=True, fused_modconv=False)
 
@@ -80,20 +83,32 @@ def _symbolic_shape(t: torch.Tensor) -> list:
     return list(t.shape)
 
 
+def _static_shape_users() -> list[Any]:
+    """The modules that read shapes through `ops.impl.static_shape` on the batch dimension of activations
+    (StyleGAN2: modulated conv; StyleGAN3: also the synthesis network, its layers and filtered_lrelu)."""
+    # By module path: `ops` re-exports functions under some of these module names.
+    names = ("ops.modulated_conv", "ops.filtered_lrelu", "models.stylegan3.synthesis",
+             "models.stylegan3.synthesis_layer")
+    return [importlib.import_module(name) for name in names]
+
+
 @contextlib.contextmanager
 def symbolic_batch_shapes() -> Iterator[None]:
-    """Keep the batch size symbolic in `ops.modulated_conv2d` while exporting.
+    """Keep the batch size symbolic in the ops and layers that read shapes while exporting.
 
     `ops.impl.static_shape` turns every dimension into a Python int; under `torch.export` that
     specialises the batch dimension (reshape(batch_size, ...)), so the export either fails with
     "marked batch as dynamic but your code specialized it" or silently produces a fixed-batch graph.
-    Within this context the op reads shapes as they are (SymInts for the batch, ints elsewhere).
-    The lasting fix belongs in `ops/modulated_conv.py` (see the export report); this is scoped to
-    the export call and restored even on error.
+    Within this context those modules read shapes as they are (SymInts for the batch, ints elsewhere).
+    The lasting fix belongs in the ops and models (a `static_shape` that keeps dimension 0 symbolic
+    under torch.export); this is scoped to the export call and restored even on error.
     """
-    original = _modulated_conv.static_shape
-    _modulated_conv.static_shape = _symbolic_shape
+    modules = _static_shape_users()
+    originals = [m.static_shape for m in modules]
+    for m in modules:
+        m.static_shape = _symbolic_shape
     try:
         yield
     finally:
-        _modulated_conv.static_shape = original
+        for m, original in zip(modules, originals):
+            m.static_shape = original

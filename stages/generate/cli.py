@@ -1,7 +1,8 @@
 """`python -m stages.generate <command>`: render from a trained generator (`<command> --help` for its flags).
 
     images        seeds -> seed0000.png ... (--grid COLSxROWS: one grid.png; a conditional network without
-                  --class: classes.png, one row per class; --projected-w FILE.npz: proj00.png ...)
+                  --class: classes.png, one row per class; --projected-w FILE.npz: proj00.png ...;
+                  StyleGAN3: --translate X,Y --rotate DEG move the image, as the official gen_images.py)
     style-mixing  the style-mixing matrix grid.png plus {row}-{col}.png
     video         interpolation through keyframe seeds, a COLSxROWS grid per frame, .mp4 or .gif
     project       find the w reproducing --target: target.png, proj.png, projected_w.npz (, proj.mp4)
@@ -56,6 +57,8 @@ HELP = {
     "projected_w": "render ws saved by `project` (.npz, key 'w')",
     "grid": "COLSxROWS, e.g. 4x2 (images: one grid.png; video: cells per frame)",
     "all_classes": "classes.png, one row per class (default: for a conditional network without --class)",
+    "translate": "StyleGAN3 only: translate the image by X,Y image sizes, e.g. 0.3,1 (official gen_images.py)",
+    "rotate": "StyleGAN3 only: rotate the image by DEG degrees",
     "rows": "row seeds, e.g. 85,100,75",
     "cols": "column seeds, e.g. 55,821",
     "styles": "ws indices taken from the column seed, e.g. 0-6",
@@ -113,8 +116,32 @@ def run_command(command: str, cfg: CommonConfig, progress: bool = True) -> tuple
     return runners[command]()
 
 
+def _attach_signed_values(argv: list[str], flags: tuple[str, ...] = ("--translate", "--rotate")) -> list[str]:
+    """`--translate -0.3,1` -> `--translate=-0.3,1`: argparse would take a value starting with '-' that is not
+    a plain number for another option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in flags and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1][1:2].isdigit():
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
+def worth_logging(files: list[Path], max_singles: int = 16) -> list[Path]:
+    """What a person looks at in MLflow: the grids and videos, and a handful of single images (a style-mixing
+    matrix writes one file per cell; its grid.png holds them all)."""
+    if len(files) <= max_singles:
+        return files
+    grids = [f for f in files if f.name in ("grid.png", "classes.png") or f.suffix in (".mp4", ".gif", ".npz")]
+    return grids or files[:max_singles]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _attach_signed_values([str(a) for a in (sys.argv[1:] if argv is None else argv)])
     if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         # argparse would read the option's value as the command ("invalid choice: '1'").
         print(f"{PROG}: error: the command comes first: {PROG} <{'|'.join([*COMMANDS, 'convert'])}> "
@@ -131,15 +158,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         files, metrics = run_command(args.command, cfg)
         for f in files:
             print(f)
-        tracker, note = make_tracker(cfg.mlflow, experiment="generate")
+        tracker, note = make_tracker(cfg.mlflow)
         if note:
             print(f"note: {note}")
         # Settings as tags, not params: a run may be logged into repeatedly (MLFLOW_RUN_ID) and params are
         # write-once.
-        tracker.start(f"generate-{args.command}",
-                      tags={f"generate.{k}": str(v) for k, v in dataclasses.asdict(cfg).items()})
+        tracker.start(f"generate {args.command}", tags={"stage": "generate", **{
+            f"generate.{k}": str(v) for k, v in dataclasses.asdict(cfg).items()}})
         tracker.log_metrics({f"generate.{k}": v for k, v in metrics.items()})
-        tracker.log_artifacts(files, f"generate/{args.command}")
+        tracker.log_artifacts(worth_logging(files), f"generate/{args.command}")
         tracker.end("FINISHED")
 
     return run_stage(build_parser(), argv, body)

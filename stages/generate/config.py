@@ -13,6 +13,7 @@ sub-section wins over the shared values, and flags win over both:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar, Literal
 
 from stages.common.config import ConfigError
@@ -68,12 +69,24 @@ class ImagesConfig(CommonConfig):
     grid: str | None = None             # COLSxROWS: tile the seeds into one grid.png
     all_classes: bool | None = None     # classes.png, one row per class; None = when the network is conditional
                                         # and no --class is given
+    translate: str | None = None        # StyleGAN3: move the image by X,Y image sizes, e.g. 0.3,1 (official
+                                        # gen_images.py); None = 0,0
+    rotate: float | None = None         # StyleGAN3: rotate the image by DEG degrees; None = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         parse_seeds(self.seeds)
         if self.grid is not None:
             parse_grid(self.grid)
+        if self.translate is not None:
+            parse_vec2(self.translate, "translate")
+        if self.rotate is not None and not math.isfinite(self.rotate):
+            raise GenerateError(f"--rotate must be a finite angle in degrees, got {self.rotate}")
+
+    @property
+    def transformed(self) -> bool:
+        """Whether the user asked for a translation or rotation (StyleGAN3 only)."""
+        return self.translate is not None or self.rotate is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +153,18 @@ class ProjectConfig(CommonConfig):
         for name in ("lr_rampdown_length", "lr_rampup_length", "noise_ramp_length"):
             if getattr(self, name) <= 0:
                 raise GenerateError(f"project.{name} must be > 0")
+
+
+def parse_vec2(text: str, what: str) -> tuple[float, float]:
+    """'0.3,1' -> (0.3, 1.0): two finite numbers separated by a comma (the official `parse_vec2`)."""
+    parts = str(text).replace(" ", "").split(",")
+    try:
+        x, y = (float(p) for p in parts)
+    except ValueError:
+        raise GenerateError(f"--{what}: expected two numbers X,Y, e.g. 0.3,1, got {text!r}") from None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise GenerateError(f"--{what}: expected finite numbers, got {text!r}")
+    return x, y
 
 
 def command_section(params_section: dict[str, Any] | None, command: str) -> dict[str, Any]:

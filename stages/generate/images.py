@@ -13,7 +13,7 @@ import torch
 
 from stages.common.images import nhwc, save_png, tile, to_uint8
 from stages.common.seeds import class_labels, parse_grid, parse_seeds, seeds_to_z
-from stages.generate.config import GenerateError, ImagesConfig
+from stages.generate.config import GenerateError, ImagesConfig, parse_vec2
 
 
 def resolve_device(name: str) -> torch.device:
@@ -80,6 +80,29 @@ def load_projected_w(path: str | os.PathLike, G: torch.nn.Module) -> torch.Tenso
     return torch.from_numpy(w).to(torch.float32)
 
 
+def make_transform(translate: tuple[float, float], angle: float) -> np.ndarray:
+    """[3, 3] float64 image transform of the official gen_images.py: rotate by `angle` degrees, then move by
+    `translate` image sizes (x right, y down)."""
+    s, c = np.sin(np.radians(angle)), np.cos(np.radians(angle))
+    return np.array([[c, s, translate[0]], [-s, c, translate[1]], [0.0, 0.0, 1.0]])
+
+
+def set_user_transform(G: torch.nn.Module, cfg: ImagesConfig) -> None:
+    """StyleGAN3: `G.synthesis.input.transform` = inverse of the --translate/--rotate matrix (identity when
+    neither is given, as gen_images.py sets it for every image). The generator stores the inverse so that
+    it never inverts a matrix itself. A network without the buffer (StyleGAN2) refuses the flags."""
+    transform = getattr(getattr(getattr(G, "synthesis", None), "input", None), "transform", None)
+    if not isinstance(transform, torch.Tensor):
+        if cfg.transformed:
+            raise GenerateError(f"--translate/--rotate need a StyleGAN3 network (G.synthesis.input.transform); "
+                                f"this one is a {type(G).__name__} without it")
+        return
+    translate = parse_vec2(cfg.translate, "translate") if cfg.translate is not None else (0.0, 0.0)
+    m = np.linalg.inv(make_transform(translate, cfg.rotate or 0.0))
+    with torch.no_grad():
+        transform.copy_(torch.from_numpy(m))
+
+
 def wants_class_grid(cfg: ImagesConfig, c_dim: int) -> bool:
     """`all_classes` as given, or by default: a conditional network rendered without --class."""
     if cfg.all_classes is None:
@@ -96,8 +119,9 @@ def generate_images(G: torch.nn.Module, cfg: ImagesConfig) -> list[Path]:
 
     seeds -> seed%04d.png each (official names); --grid -> grid.png only; a conditional network without
     --class (or --all-classes) -> classes.png (row k = class k, one column per seed); --projected-w ->
-    proj%02d.png per w.
+    proj%02d.png per w. A StyleGAN3 network renders under --translate/--rotate (its transform buffer is set).
     """
+    set_user_transform(G, cfg)
     outdir = Path(cfg.outdir)
     common: dict[str, Any] = dict(trunc=cfg.trunc, trunc_cutoff=cfg.trunc_cutoff, noise_mode=cfg.noise_mode,
                                   batch_size=cfg.batch_size)

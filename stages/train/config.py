@@ -57,7 +57,7 @@ class TrainConfig:
     workers: int = 3                      # DataLoader worker processes
     metrics: tuple[str, ...] = ()         # metrics on every network snapshot, e.g. fid50k_full (() = none)
     detector_dir: str | None = None       # folder with the metric detectors (else $SG2_DETECTOR_DIR, cache, download)
-    aug: AugMode = "ada"
+    aug: AugMode | None = None            # None: the preset's (ada; noaug for Projected GAN)
     p: float | None = None                # fixed augmentation probability (aug=fixed)
     target: float | None = None           # ADA target for r_t (aug=ada; default 0.6)
     augpipe: str = "bgc"
@@ -82,6 +82,8 @@ class TrainConfig:
                 if getattr(self, name):
                     raise ConfigError(f"{name}: StyleGAN3 configs train without it (official); drop --"
                                       f"{name.replace('_', '-')} or use a StyleGAN2 config")
+        if preset.family == "projected":
+            self._refuse_for_projected()
         if self.augpipe not in AUGPIPE_SPECS:
             raise ConfigError(f"augpipe: unknown pipeline {self.augpipe!r}; choose one of {', '.join(AUGPIPE_SPECS)}")
         positive = {"kimg": self.kimg, "batch": self.batch, "batch_gpu": self.batch_gpu, "subset": self.subset,
@@ -106,14 +108,14 @@ class TrainConfig:
         if self.batch is not None and self.batch_gpu is not None and self.batch % self.batch_gpu:
             raise ConfigError(f"batch ({self.batch}) must be a multiple of batch_gpu ({self.batch_gpu})")
         if self.p is not None:
-            if self.aug != "fixed":
+            if self.aug_mode != "fixed":
                 raise ConfigError("p: only with aug=fixed")
             if not 0 <= self.p <= 1:
                 raise ConfigError(f"p: must be in [0, 1], got {self.p}")
-        if self.aug == "fixed" and self.p is None:
+        if self.aug_mode == "fixed" and self.p is None:
             raise ConfigError("aug=fixed needs p")
         if self.target is not None:
-            if self.aug != "ada":
+            if self.aug_mode != "ada":
                 raise ConfigError("target: only with aug=ada")
             if not 0 <= self.target <= 1:
                 raise ConfigError(f"target: must be in [0, 1], got {self.target}")
@@ -124,13 +126,34 @@ class TrainConfig:
         from stages.evaluate.registry import UnknownMetricError, parse_metrics
 
         try:
-            parse_metrics(list(self.metrics))
+            specs = parse_metrics(list(self.metrics))
         except UnknownMetricError as exc:
             raise ConfigError(f"metrics: {exc}") from exc
+        equivariance = [s.name for s in specs if s.kind == "eq"]
+        if equivariance and preset.family != "stylegan3":
+            raise ConfigError(f"metrics: {', '.join(equivariance)} measure StyleGAN3 generators; --cfg {self.cfg} "
+                              "trains another family")
+
+    def _refuse_for_projected(self) -> None:
+        """Projected GAN trains with a hinge loss and DiffAugment only: an option it would ignore is an error."""
+        unused = {"gamma": self.gamma, "pl_weight": self.pl_weight, "style_mixing": self.style_mixing,
+                  "freezed": self.freezed or None, "p": self.p, "target": self.target, "nhwc": self.nhwc or None}
+        if self.aug not in (None, "noaug"):
+            unused["aug"] = self.aug
+        given = [name for name, value in unused.items() if value is not None]
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ConfigError(f"{flags}: not used by --cfg {self.cfg} (Projected GAN: hinge loss, DiffAugment in D; "
+                              "no R1, path length, style mixing, ADA or Freeze-D); drop them")
+
+    @property
+    def aug_mode(self) -> str:
+        """The augmentation that runs: --aug, else the preset's default."""
+        return self.aug if self.aug is not None else PRESETS[self.cfg].default_aug
 
     @property
     def ada_target(self) -> float | None:
-        if self.aug != "ada":
+        if self.aug_mode != "ada":
             return None
         return DEFAULT_ADA_TARGET if self.target is None else self.target
 
@@ -174,7 +197,7 @@ HELP = {
     "workers": "DataLoader worker processes",
     "metrics": "comma-separated metrics computed on every network snapshot, e.g. fid50k_full (none: skip)",
     "detector_dir": "folder with inception-2015-12-05.pt / vgg16.pt for --metrics (also $SG2_DETECTOR_DIR)",
-    "aug": "augmentation: noaug|ada|fixed",
+    "aug": "augmentation: noaug|ada|fixed (default: ada; noaug for Projected GAN, which has DiffAugment in D)",
     "p": "augmentation probability for aug=fixed",
     "target": f"ADA target for the r_t heuristic (default {DEFAULT_ADA_TARGET})",
     "augpipe": "augmentation pipeline (e.g. bgc)",

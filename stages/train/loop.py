@@ -9,6 +9,7 @@ every `ada_interval` minibatches from the mean sign of D(real). Every process ru
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from accelerate import Accelerator
 
 import ops
 from models.loss import StyleGAN2Loss
+from models.projected import ProjectedGANLoss
 from models.training_rules import ada_adjustment, ema_beta
 from stages.common.config import flatten
 from stages.common.dataset import ImageFolderDataset
@@ -30,6 +32,7 @@ from stages.train.data import InfiniteBatchSampler, make_loader
 from stages.train.networks import build_networks, load_pretrained, transfer_weights
 from stages.train.options import TrainingOptions, config_hash, diff_keys, format_table, resolve_options
 from stages.train.phases import FrozenMapping, TrainingStep, build_phases, optimizers, update_ema
+from stages.train.plots import render_curves, write_quality_csv
 from stages.train.run_folder import RunPlan, clear_outputs, plan_run
 from stages.train.snapshot_metrics import truncate_metric_jsonl
 from stages.train.snapshots import SnapshotWriter
@@ -72,9 +75,7 @@ def train(cfg: TrainConfig) -> Path | None:
     stats = StatsCollector(reduce=coll.all_reduce_sum, gather_names=coll.union if coll.dist else None,
                            jsonl=run_dir / "stats.jsonl" if main else None)
     ada_stats = StatsCollector("Loss/signs/real", reduce=coll.all_reduce_sum) if opts.ada_target is not None else None
-    loss = StyleGAN2Loss(G.mapping if not opts.freeze_mapping else FrozenMapping(G.mapping), G.synthesis, D,
-                         augment_pipe=augment_pipe, stats=Tee(stats, ada_stats), device=device,
-                         update_emas_explicitly=opts.family == "stylegan3", **opts.loss_kwargs)
+    loss = make_loss(opts, G, D, augment_pipe, Tee(stats, ada_stats), device)
     phases = build_phases(G, D, opts)
     state = TrainingState({"G": G, "D": D, "G_ema": G_ema}, augment_pipe, optimizers(phases), loss, stats, ada_stats)
 
@@ -92,7 +93,8 @@ def train(cfg: TrainConfig) -> Path | None:
     tracker, note = make_tracker(cfg.mlflow) if main else make_tracker(False)
     if note:
         log(f"note: {note}")
-    tracker.start(run_dir.name, flatten(opts.as_json()), tags={
+    # Params: the options as resolved (the gamma actually used, the batch split...) plus the preset's name.
+    tracker.start(f"train {run_dir.name}", {"cfg": cfg.cfg, **flatten(opts.as_json())}, tags={
         "stage": "train", "run_dir": str(run_dir), "dataset_hash": ident["dataset_hash"],
         "git_commit": git_commit(Path(__file__).parent) or "unknown",
         "resumed": str(plan.restore_from is not None).lower()})
@@ -104,7 +106,7 @@ def train(cfg: TrainConfig) -> Path | None:
         # touch the trajectory): nothing to train, and no extra step beyond --kimg.
         log(f"already trained {prog.cur_nimg / 1e3:g} kimg of {opts.total_kimg:g}; nothing to do")
         if main:
-            write_curves_csv(run_dir / "stats.jsonl", run_dir / "curves.csv")
+            write_run_plots(run_dir)
         tracker.end("FINISHED")
         return run_dir
 
@@ -182,10 +184,34 @@ def train(cfg: TrainConfig) -> Path | None:
                 maintenance = tick_start - tick_end
     finally:
         if main:
-            tracker.log_artifacts([run_dir / n for n in ("stats.jsonl", "curves.csv", "log.txt")])
+            write_run_plots(run_dir)
+            tracker.log_artifacts([run_dir / n for n in ("stats.jsonl", "curves.csv", "quality.csv", "curves.png",
+                                                         "log.txt")])
         tracker.end(status)
     log("exiting")
     return run_dir
+
+
+def make_loss(opts: TrainingOptions, G: torch.nn.Module, D: torch.nn.Module, augment_pipe: torch.nn.Module | None,
+              stats: Tee, device: torch.device) -> StyleGAN2Loss | ProjectedGANLoss:
+    """StyleGAN2's objective (StyleGAN3 too), or Projected GAN's hinge loss; both run the same phases."""
+    mapping = G.mapping if not opts.freeze_mapping else FrozenMapping(G.mapping)
+    if opts.projected:
+        return ProjectedGANLoss(mapping, G.synthesis, D, stats=stats, device=device,
+                                synthesis_takes_c=opts.G_class == "FastGANGenerator")
+    return StyleGAN2Loss(mapping, G.synthesis, D, augment_pipe=augment_pipe, stats=stats, device=device,
+                         update_emas_explicitly=opts.G_class == "StyleGAN3Generator", **opts.loss_kwargs)
+
+
+def write_run_plots(run_dir: Path) -> None:
+    """curves.csv, quality.csv and curves.png from what the run logged; a plotting problem is warned about,
+    never allowed to fail a run whose checkpoints are written."""
+    write_curves_csv(run_dir / "stats.jsonl", run_dir / "curves.csv")
+    write_quality_csv(run_dir)
+    try:
+        render_curves(run_dir)
+    except Exception as exc:  # matplotlib missing or a backend problem: the CSVs are there
+        warnings.warn(f"curves.png not drawn ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
 
 
 def decide_run(cfg: TrainConfig, dataset: ImageFolderDataset, world: int, device_type: str, main: bool,

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from models import Discriminator, Generator, StyleGAN3Generator, load_network, make_augment_pipe
+from models import load_network, make_augment_pipe
+from models.serialization.snapshot import lookup_class
 from stages.common.config import ConfigError
 from stages.train import checkpoint as ckpt
 from stages.train.options import TrainingOptions
@@ -16,9 +17,8 @@ from stages.train.options import TrainingOptions
 
 def build_networks(opts: TrainingOptions, device: torch.device) -> dict[str, torch.nn.Module | None]:
     """{'G', 'D', 'G_ema', 'augment_pipe'}: in training mode, gradients off until a phase turns them on."""
-    generator_class = Generator if opts.family == "stylegan2" else StyleGAN3Generator
-    G = generator_class(**opts.G_kwargs).train().requires_grad_(False).to(device)
-    D = Discriminator(**opts.D_kwargs).train().requires_grad_(False).to(device)
+    G = lookup_class(opts.G_class)(**opts.G_kwargs).train().requires_grad_(False).to(device)
+    D = lookup_class(opts.D_class)(**opts.D_kwargs).train().requires_grad_(False).to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     augment_pipe = None
     if opts.augment_kwargs is not None and (opts.augment_p > 0 or opts.ada_target is not None):

@@ -13,11 +13,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from models.presets import network_kwargs, resolve_preset, stylegan3_batch_rules, synthesis_kwargs_of
+from models.presets import network_classes, network_kwargs, resolve_preset, stylegan3_batch_rules, synthesis_kwargs_of
 from stages.common.config import ConfigError, flatten
 from stages.train.config import TrainConfig
 
-D_REG_INTERVAL = 16   # lazy R1 every 16 minibatches
 ADAM_BETAS = (0.0, 0.99)
 ADAM_EPS = 1e-8
 OFFICIAL_ADA_KIMG = 500
@@ -28,6 +27,8 @@ TRANSFER_ADA_KIMG = 100  # official: ADA reacts faster when starting from pretra
 class TrainingOptions:
     """Everything the loop needs, resolved (official `training_options.json` keys)."""
 
+    G_class: str                              # snapshot-registry names of the networks (models.serialization)
+    D_class: str
     training_set_kwargs: dict[str, Any]       # ImageFolderDataset kwargs
     data_loader_kwargs: dict[str, Any]        # num_workers, prefetch_factor
     G_kwargs: dict[str, Any]
@@ -45,7 +46,7 @@ class TrainingOptions:
     ema_kimg: float                           # G_ema half-life
     ema_rampup: float | None
     G_reg_interval: int | None               # None: no Greg phase and unscaled Adam (StyleGAN3)
-    D_reg_interval: int
+    D_reg_interval: int | None               # None: no Dreg phase and unscaled Adam (Projected GAN)
     augment_p: float                          # initial augmentation probability
     ada_target: float | None                  # None: p stays fixed
     ada_interval: int
@@ -74,9 +75,9 @@ class TrainingOptions:
             self.kimg_per_tick < 1
 
     @property
-    def family(self) -> str:
-        """stylegan2 | stylegan3, from the generator's kwargs (StyleGAN3 takes its synthesis options flat)."""
-        return "stylegan2" if "synthesis_kwargs" in self.G_kwargs else "stylegan3"
+    def projected(self) -> bool:
+        """Projected GAN: hinge loss against the projected discriminator."""
+        return self.D_class == "ProjectedDiscriminator"
 
     def kimg_tag(self, cur_nimg: int) -> str:
         """`000012` (official `network-snapshot-<KIMG>`), or `000000.512` when snapshots are sub-kimg apart."""
@@ -118,25 +119,27 @@ def resolve_options(
         raise ConfigError(f"cfg {cfg.cfg}: {exc}") from None
     c_dim = dataset.label_dim if cfg.cond else 0
     G_kwargs, D_kwargs = network_kwargs(spec, res, dataset.num_channels, c_dim)
-    synthesis = synthesis_kwargs_of(G_kwargs)
-    if cfg.fp32:
-        # Official --fp32: no fp16 layers and no activation clamping.
-        synthesis.update(num_fp16_res=0, conv_clamp=None)
-        D_kwargs.update(num_fp16_res=0, conv_clamp=None)
-    elif device_type != "cuda":
-        # fp16 layers run ~36x slower than fp32 on CPU; the clamp stays, so results match GPU fp32 closely.
-        synthesis["num_fp16_res"] = 0
-        D_kwargs["num_fp16_res"] = 0
+    G_class, D_class = network_classes(spec)
+    # The dicts holding num_fp16_res / conv_clamp: StyleGAN2's synthesis kwargs (nested), StyleGAN3's (flat), the
+    # StyleGAN2 D's. FastGAN and the projected D have no mixed-precision layers of their own.
+    fp16_holders = [kw for kw, cls in ((G_kwargs, G_class), (D_kwargs, D_class))
+                    if cls in ("Generator", "StyleGAN3Generator", "Discriminator")]
+    fp16_holders = [synthesis_kwargs_of(kw) if kw is G_kwargs else kw for kw in fp16_holders]
+    for kw in fp16_holders:
+        if cfg.fp32:
+            kw.update(num_fp16_res=0, conv_clamp=None)  # official --fp32: no fp16 layers, no activation clamping
+        elif device_type != "cuda":
+            kw["num_fp16_res"] = 0  # fp16 runs ~36x slower than fp32 on CPU; the clamp stays (GPU fp32 numbers)
     if cfg.nhwc:
         if spec.family != "stylegan2":
             raise ConfigError(f"nhwc: only for StyleGAN2 configs, not {cfg.cfg}")
-        synthesis["fp16_channels_last"] = True
+        synthesis_kwargs_of(G_kwargs)["fp16_channels_last"] = True
         D_kwargs["block_kwargs"]["fp16_channels_last"] = True
     if cfg.freezed:
         D_kwargs["block_kwargs"]["freeze_layers"] = cfg.freezed
 
     batch, batch_gpu = _batch_split(cfg, spec.mb, spec.ref_gpus, num_processes)
-    mbstd = D_kwargs["epilogue_kwargs"]["mbstd_group_size"]
+    mbstd = D_kwargs.get("epilogue_kwargs", {}).get("mbstd_group_size")
     if mbstd and batch_gpu % min(mbstd, batch_gpu):
         raise ConfigError(f"batch_gpu ({batch_gpu}) must be a multiple of the minibatch-std group ({mbstd})")
     transfer = transfer_source is not None
@@ -151,7 +154,11 @@ def resolve_options(
         G_kwargs["magnitude_ema_beta"] = rules["magnitude_ema_beta"]
         loss_kwargs.update(blur_init_sigma=rules["blur_init_sigma"], blur_fade_kimg=rules["blur_fade_kimg"])
         ema_kimg = rules["ema_kimg"]
+    if spec.family == "projected":
+        loss_kwargs = {}  # the hinge loss has no weights to set
     return TrainingOptions(
+        G_class=G_class,
+        D_class=D_class,
         training_set_kwargs=dict(path=cfg.data, use_labels=cfg.cond, max_size=dataset.num_images,
                                  xflip=cfg.mirror, resolution=res, random_seed=cfg.seed),
         data_loader_kwargs=dict(num_workers=cfg.workers, prefetch_factor=2 if cfg.workers else None),
@@ -160,7 +167,7 @@ def resolve_options(
         G_opt_kwargs=dict(adam),
         D_opt_kwargs=dict(adam, lr=spec.d_lrate if spec.d_lrate is not None else spec.lrate),
         loss_kwargs=loss_kwargs,
-        augment_kwargs=dict(augpipe=cfg.augpipe) if cfg.aug != "noaug" else None,
+        augment_kwargs=dict(augpipe=cfg.augpipe) if cfg.aug_mode != "noaug" else None,
         metrics=list(cfg.metrics),
         detector_dir=cfg.detector_dir,
         random_seed=cfg.seed,
@@ -170,7 +177,7 @@ def resolve_options(
         ema_kimg=ema_kimg,
         ema_rampup=None if transfer else spec.ramp,   # official: no EMA ramp-up when fine-tuning
         G_reg_interval=spec.g_reg_interval,
-        D_reg_interval=D_REG_INTERVAL,
+        D_reg_interval=spec.d_reg_interval,
         augment_p=cfg.p or 0.0,
         ada_target=cfg.ada_target,
         ada_interval=cfg.ada_interval,
@@ -228,7 +235,7 @@ def run_description(cfg: TrainConfig, dataset_name: str, num_processes: int) -> 
     parts += [f"gamma{cfg.gamma:g}"] if cfg.gamma is not None else []
     parts += [f"kimg{cfg.kimg:g}"] if cfg.kimg is not None else []
     parts += [f"batch{cfg.batch}"] if cfg.batch is not None else []
-    parts += [cfg.aug]
+    parts += [cfg.aug_mode]
     return "-".join(parts)
 
 

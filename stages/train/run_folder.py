@@ -8,6 +8,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.serialization.loading import pretrained_url
 from stages.common.config import ConfigError
 from stages.train import checkpoint as ckpt
 from stages.train.config import TrainConfig
@@ -72,8 +73,8 @@ def plan_run(cfg: TrainConfig, dataset_name: str, num_processes: int) -> RunPlan
         if not ckpt.is_complete(path):
             raise ConfigError(f"resume: {path} is not a complete checkpoint folder")
         return RunPlan(explicit or path.parent.parent, path, _transfer_source_of(path))
-    if "://" not in cfg.resume and not path.is_file():
-        raise ConfigError(f"resume: {cfg.resume} does not exist")
+    if "://" not in cfg.resume and not path.is_file() and pretrained_url(cfg.resume) is None:
+        raise ConfigError(f"resume: {cfg.resume} does not exist (nor is it a known network name such as ffhq256)")
     return RunPlan(fresh(), None, cfg.resume)
 
 

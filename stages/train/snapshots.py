@@ -14,6 +14,7 @@ from models import save_snapshot
 from stages.common.tracking import Tracker
 from stages.train.grids import grid_indices, grid_layout, save_grid
 from stages.train.options import TrainingOptions
+from stages.train.plots import write_quality_csv
 from stages.train.snapshot_metrics import SnapshotMetrics
 
 
@@ -63,4 +64,6 @@ class SnapshotWriter:
             return {}
         results = self.metrics(self.G_ema, snapshot)  # every process: features are split
         self.tracker.log_metrics({f"Metrics/{k}": v for k, v in results.items()}, step=cur_nimg // 1000)
+        if self.main and results:
+            write_quality_csv(self.run_dir)
         return results

@@ -37,7 +37,7 @@ from run_stack import HOST, Stack, StackError  # noqa: E402
 from tests.test_flow import TINY  # noqa: E402  (the tiny params the in-process flow test uses)
 
 pytestmark = pytest.mark.services
-DEPLOYMENT = "stylegan2-ada-pipeline/services-test"
+DEPLOYMENT = "sg2ada-pipeline/services-test"
 EXPERIMENT = "services-test"
 TIMINGS: dict[str, float] = {}
 NOTES: dict[str, str] = {}  # observed behaviour, shown in the terminal summary
@@ -97,6 +97,7 @@ def served(stack, client_env, tmp_path_factory):
     """`python -m flows.serve` against the server: the deployment whose runs this module triggers."""
     work = tmp_path_factory.mktemp("services")
     env = {**client_env, "SG2_OFFLINE": "1", "SG2_DETECTOR_DIR": str(work / "no-detectors"),
+           "MLFLOW_EXPERIMENT_NAME": EXPERIMENT,
            "SG2_METRICS_CACHE_DIR": str(work / "metric-cache"),
            # A gone MLflow server fails the flow in seconds instead of minutes of retries.
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
@@ -142,7 +143,7 @@ def run_and_wait(parameters: dict, timeout: float = 900):
 def pipeline_run(stack, served):
     project = make_project(served, "project")
     t0 = time.time()
-    flow_run = run_and_wait({"project_dir": str(project), "experiment": EXPERIMENT})
+    flow_run = run_and_wait({"project_dir": str(project)})
     TIMINGS["pipeline via deployment"] = time.time() - t0
     assert flow_run.state is not None and flow_run.state.is_completed(), (
         f"flow run {flow_run.id}: {flow_run.state}\n{_log_tail(stack, 'serve')}")
@@ -159,8 +160,8 @@ def test_prefect_api_reports_the_completed_run(pipeline_run):
         assert stored.state_type.value == "COMPLETED" and stored.deployment_id is not None
         assert client.read_deployment(stored.deployment_id).name == "services-test"
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run.id]}))
-    names = [t.name for t in tasks]
-    assert sum(n.startswith("repro_stage") for n in names) == 7 and any(n.startswith("register_model") for n in names)
+    names = sorted(t.name for t in tasks)
+    assert names == sorted(["demo_data", "prepare", "validate", "train", "evaluate", "generate", "export"])
     assert all(t.state_type.value == "COMPLETED" for t in tasks)
 
 
@@ -178,23 +179,24 @@ def test_mlflow_server_read_back(stack, client_env, pipeline_run):
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.tags.get("dataset_md5")
-    children = {r.info.run_name: r for r in client.search_runs(
+    children = {r.data.tags.get("stage"): r for r in client.search_runs(
         [exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
     assert {"demo_data", "prepare", "validate", "train", "evaluate", "generate", "export"} <= set(children)
     assert children["validate"].data.metrics["num_images"] == 1797
     train = children["train"]
-    assert train.data.params["cfg"] == "tiny" and train.data.tags["dvc_ran"] == "true"
+    assert train.data.params["cfg"] == "tiny" and train.info.run_name == "train demo"
     history = client.get_metric_history(train.info.run_id, "Loss/G/loss")
     assert len(history) >= 2 and all(np.isfinite(m.value) for m in history)
     assert children["export"].data.metrics["parity.passed"] == 1.0
 
     # Artifacts went through the server (mlflow-artifacts:/) into its --artifacts-destination.
     assert train.info.artifact_uri.startswith("mlflow-artifacts:/")
-    files = {a.path for a in client.list_artifacts(train.info.run_id, "train")}
-    assert "train/fakes_init.png" in files and any(p.endswith(".safetensors") for p in files)
+    files = {a.path for a in client.list_artifacts(train.info.run_id, "images")}
+    files |= {a.path for a in client.list_artifacts(train.info.run_id, "snapshots")}
+    assert "images/fakes_init.png" in files and any(p.endswith(".safetensors") for p in files)
     on_disk = list(Path(stack.state["mlflow"]["artifacts"]).rglob("fakes_init.png"))
     assert on_disk, "served artifacts must land in the server's artifacts destination"
-    local = client.download_artifacts(train.info.run_id, "train/fakes_init.png", str(project / "dl"))
+    local = client.download_artifacts(train.info.run_id, "images/fakes_init.png", str(project / "dl"))
     assert Path(local).read_bytes() == on_disk[0].read_bytes()
     assert not (project / "mlartifacts").exists() and not (project / "mlflow.db").exists()
 
@@ -218,7 +220,7 @@ def test_mlflow_stopped_mid_pipeline(stack, client_env, served, pipeline_run):
 
     project = make_project(served, "project-mlflow-down")
     stages = ["demo_data", "prepare", "validate", "train"]
-    params = {"project_dir": str(project), "stages": stages, "register": False, "experiment": EXPERIMENT}
+    params = {"project_dir": str(project), "stages": stages, "register_model": False}
     flow_run = run_and_wait(params, timeout=0)
     run_dir = project / TINY["train"]["run_dir"]
     deadline = time.time() + 600
@@ -249,7 +251,7 @@ def test_mlflow_stopped_mid_pipeline(stack, client_env, served, pipeline_run):
     assert again.state.is_completed(), f"{again.state}\n{_log_tail(stack, 'serve')}"
     client = MlflowClient(client_env["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name(EXPERIMENT)
-    trains = client.search_runs([exp.experiment_id], "attributes.run_name = 'train'", order_by=["start_time DESC"])
+    trains = client.search_runs([exp.experiment_id], "tags.stage = 'train'", order_by=["start_time DESC"])
     assert trains[0].data.tags["dvc_ran"] == "false", "the rerun must not train again"
 
 

@@ -1,0 +1,3 @@
+from stages.spectra.cli import main
+
+raise SystemExit(main())
