@@ -11,11 +11,9 @@ in `effnet-lite0` space is not a paper FID). Register more networks with `regist
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +25,7 @@ from models.features.efficientnet_lite import (
     load_efficientnet_lite0,
     resolve_weights,
 )
+from models.serialization.fileio import file_sha256
 
 
 class FeatureNetwork(nn.Module):
@@ -65,14 +64,6 @@ def build_feature_network(name: str, **options: object) -> FeatureNetwork:
     net = FEATURE_NETWORKS[name].build(**options)
     assert net.feature_dim == FEATURE_NETWORKS[name].feature_dim, "builder disagrees with its spec"
     return net
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def uint8_to_unit_range(images: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from models.latents import check_2d, truncate
 from models.layers import FullyConnectedLayer, normalize_2nd_moment
 
 
@@ -74,10 +75,10 @@ class MappingNetwork(torch.nn.Module):
         # Normalise z and the embedded label separately, so the label weighs as much as the latent.
         x = None
         if self.z_dim > 0:
-            _check_2d(z, self.z_dim, "z")
+            check_2d(z, self.z_dim, "z")
             x = normalize_2nd_moment(z.to(torch.float32))  # [NZ]
         if self.c_dim > 0:
-            _check_2d(c, self.c_dim, "c")
+            check_2d(c, self.c_dim, "c")
             y = normalize_2nd_moment(self.embed(c.to(torch.float32)))  # [NE]
             x = torch.cat([x, y], dim=1) if x is not None else y
 
@@ -94,17 +95,8 @@ class MappingNetwork(torch.nn.Module):
         # Truncation trick: pull w towards the average; with a cutoff only the first (coarse) ws.
         if truncation_psi != 1:
             assert self.w_avg_beta is not None, "truncation needs the tracked w_avg"
-            if self.num_ws is None or truncation_cutoff is None:
-                x = self.w_avg.lerp(x, truncation_psi)
-            else:
-                x[:, :truncation_cutoff] = self.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
+            x = truncate(x, self.w_avg, truncation_psi, truncation_cutoff)
         return x
 
     def extra_repr(self) -> str:
         return f"z_dim={self.z_dim}, c_dim={self.c_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}"
-
-
-def _check_2d(t: torch.Tensor | None, dim: int, name: str) -> None:
-    if t is None or t.ndim != 2 or t.shape[1] != dim:
-        shape = None if t is None else tuple(t.shape)
-        raise ValueError(f"{name} must have shape [N, {dim}], got {shape}")

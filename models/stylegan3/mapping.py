@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from models.latents import check_2d, truncate
 from models.layers import FullyConnectedLayer, normalize_2nd_moment
 
 
@@ -58,11 +59,11 @@ class StyleGAN3MappingNetwork(torch.nn.Module):
         truncation_cutoff: int | None = None,  # truncate only the first N ws (None = all)
         update_emas: bool = False,            # fold this batch into w_avg
     ) -> torch.Tensor:                        # [N, num_ws, W]
-        _check_2d(z, self.z_dim, "z")
+        check_2d(z, self.z_dim, "z")
         # Latent and embedded label are normalised separately so that each weighs the same.
         x = normalize_2nd_moment(z.to(torch.float32))  # [NZ]
         if self.c_dim > 0:
-            _check_2d(c, self.c_dim, "c")
+            check_2d(c, self.c_dim, "c")
             y = normalize_2nd_moment(self.embed(c.to(torch.float32)))  # [NW]
             x = torch.cat([x, y], dim=1)
         for idx in range(self.num_layers):
@@ -72,17 +73,7 @@ class StyleGAN3MappingNetwork(torch.nn.Module):
             self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
 
         x = x.unsqueeze(1).repeat([1, self.num_ws, 1])  # [N, num_ws, W]
-        # Truncation trick in W (Karras et al. 2019): w' = w_avg + psi (w - w_avg).
-        if truncation_psi != 1:
-            cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
-            x[:, :cutoff] = self.w_avg.lerp(x[:, :cutoff], truncation_psi)
-        return x
+        return truncate(x, self.w_avg, truncation_psi, truncation_cutoff)
 
     def extra_repr(self) -> str:
         return f"z_dim={self.z_dim}, c_dim={self.c_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}"
-
-
-def _check_2d(t: torch.Tensor | None, dim: int, name: str) -> None:
-    if t is None or t.ndim != 2 or t.shape[1] != dim:
-        shape = None if t is None else tuple(t.shape)
-        raise ValueError(f"{name} must have shape [N, {dim}], got {shape}")

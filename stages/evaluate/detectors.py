@@ -17,7 +17,6 @@ a user's detector dir is honoured the same way; without one the file is trusted.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 
+from models.serialization.fileio import file_sha256
 from stages.common.errors import EnvironmentFault
 from stages.common.fileio import atomic_open
 
@@ -82,14 +82,6 @@ def _spec(name: str, url: str | None) -> DetectorSpec:
     if url is None:
         raise KeyError(f"unknown detector {name!r}; known: {sorted(DETECTORS)} (or pass url=)")
     return DetectorSpec(Path(name).name if Path(name).suffix else f"{name}.pt", url)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _verify(path: Path, expected: str | None) -> None:

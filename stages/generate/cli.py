@@ -101,7 +101,8 @@ def config_for(command: str, args: argparse.Namespace) -> CommonConfig:
 def run_command(command: str, cfg: CommonConfig, progress: bool = True) -> tuple[list[Path], dict[str, float]]:
     """Load G and run one render command; returns written files and metrics."""
     from models import load_generator
-    from stages.generate.images import generate_images, resolve_device
+    from stages.common.device import resolve_device
+    from stages.generate.images import generate_images
     from stages.generate.projector import run_projection
     from stages.generate.style_mixing import style_mixing
     from stages.generate.video import render_video

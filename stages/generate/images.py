@@ -16,18 +16,6 @@ from stages.common.seeds import class_labels, parse_grid, parse_seeds, seeds_to_
 from stages.generate.config import GenerateError, ImagesConfig, parse_vec2
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise GenerateError(f"--device {name}: not a device name (cpu, cuda, cuda:N, auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GenerateError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
-    return device
-
-
 def _batches(n: int, batch_size: int) -> Iterator[slice]:
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))

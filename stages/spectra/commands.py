@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from stages.common.errors import BadInput, EnvironmentFault
+from stages.common.device import resolve_device
+from stages.common.errors import BadInput
 from stages.common.fileio import atomic_open, write_json_atomic
 from stages.spectra.analysis import heatmap_db, image_moments, mean_power_spectrum
 from stages.spectra.config import CalcConfig, PlotConfig, SpectraConfig
@@ -19,18 +19,6 @@ from stages.spectra.sources import ImageSource, open_source
 
 HEATMAP_SMOOTH = 1.25   # official defaults
 SLICES_SMOOTH = 0.0
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise BadInput(f"--device {name}: not a device name (cpu, cuda, cuda:N, auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EnvironmentFault(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
-    return device
 
 
 def _open(cfg: SpectraConfig) -> ImageSource:
