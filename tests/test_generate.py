@@ -86,6 +86,21 @@ def test_seed_rule_and_names(nets, tmp_path: Path) -> None:
     np.testing.assert_array_equal(png(tmp_path / "seed0005.png"), ref)
 
 
+def test_bf16_images_stay_within_a_few_grey_levels_and_project_refuses_it(nets, tmp_path: Path, capsys) -> None:
+    path, _ = nets["uncond"]
+    for precision in ("fp32", "bf16"):
+        assert run("images", "--network", path, "--seeds", "0-15", "--precision", precision,
+                   "--outdir", tmp_path / precision)[0] == 0
+    a = np.stack([png(p) for p in sorted((tmp_path / "fp32").glob("seed*.png"))]).astype(int)
+    b = np.stack([png(p) for p in sorted((tmp_path / "bf16").glob("seed*.png"))]).astype(int)
+    diff = np.abs(a - b)
+    assert diff.max() > 0  # bf16 really ran (an fp32 fallback would be bit-identical)
+    assert np.percentile(diff, 99) <= 8 and diff.mean() < 1.5, (diff.max(), diff.mean())
+    rc, err = run("project", "--network", path, "--target", tmp_path / "fp32" / "seed0000.png", "--precision",
+                  "bf16", "--outdir", tmp_path / "proj", capsys=capsys)
+    assert rc != 0 and "fp32 only" in err
+
+
 def test_grid_and_grayscale(nets, tmp_path: Path) -> None:
     path, _ = nets["uncond"]
     assert run("images", "--network", path, "--seeds", "0-4", "--grid", "3x2", "--outdir", tmp_path)[0] == 0

@@ -14,10 +14,11 @@ import os
 import re
 import shutil
 import struct
+import tempfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -218,6 +219,26 @@ def load_network(path_or_url: str | os.PathLike, cache_dir: str | os.PathLike | 
         if isinstance(value, torch.nn.Module):
             value.cpu().eval().requires_grad_(False)
     return result
+
+
+def load_network_pkl(f: IO[bytes]) -> dict[str, Any]:
+    """`load_network` for an open binary file, as the official `legacy.load_network_pkl(f)` is called:
+
+        with open("ffhq.pkl", "rb") as f:          # or the official dnnlib.util.open_url(url)
+            G = models.load_network_pkl(f)["G_ema"]
+
+    Reads from the file's current position to its end; the format is decided by the first bytes, as for
+    paths (network pickle, TensorFlow pickle or safetensors snapshot). The bytes are spooled to a temporary
+    file first: safetensors reads from a path, and the TF check peeks at the start, so one route serves all.
+    """
+    with tempfile.TemporaryDirectory(prefix="sg2-network-") as tmp:
+        name = Path(str(getattr(f, "name", "") or "network")).name or "network"  # named in error messages
+        path = Path(tmp) / name
+        with open(path, "wb") as out:
+            shutil.copyfileobj(f, out, length=1 << 20)
+        if path.stat().st_size == 0:
+            raise SnapshotError("load_network_pkl: the file is empty (or already read to its end)")
+        return load_network(path)
 
 
 def load_generator(path_or_url: str | os.PathLike, device: torch.device | str = "cpu") -> torch.nn.Module:

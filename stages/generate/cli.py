@@ -6,6 +6,9 @@
     style-mixing  the style-mixing matrix grid.png plus {row}-{col}.png
     video         interpolation through keyframe seeds, a COLSxROWS grid per frame, .mp4 or .gif
     project       find the w reproducing --target: target.png, proj.png, projected_w.npz (, proj.mp4)
+    rank          score seeds (or --images FOLDER) against --prompt texts with CLIP (--clip): per prompt
+                  rank/<prompt>/topNN.png and the top-k images, plus rank/scores.csv; skipped with a note
+                  when no prompts or no CLIP model are configured (the pipeline's default)
     convert       TensorFlow or PyTorch StyleGAN2(-ADA) pickle -> .safetensors snapshot
 
 Defaults come from the `generate:` section of params.yaml (shared keys, then the command's own
@@ -27,8 +30,10 @@ from stages.common.config import load_params, params_section
 from stages.convert import cli as convert_cli
 from stages.generate.config import (
     CommonConfig,
+    GenerateError,
     ImagesConfig,
     ProjectConfig,
+    RankConfig,
     StyleMixingConfig,
     VideoConfig,
     command_section,
@@ -41,6 +46,7 @@ COMMANDS: dict[str, tuple[type[CommonConfig], str]] = {
     "style-mixing": (StyleMixingConfig, "style-mixing matrix"),
     "video": (VideoConfig, "latent interpolation video"),
     "project": (ProjectConfig, "project an image into W"),
+    "rank": (RankConfig, "rank samples (or a folder of images) by text prompts with CLIP"),
 }
 
 HELP = {
@@ -74,16 +80,32 @@ HELP = {
     "save_video": "write proj.mp4",
     "detector_dir": "folder holding vgg16.pt (offline use)",
     "detector_url": "override the VGG16 download URL",
+    "prompts": "text to rank by; repeat --prompt for several (params: a list)",
+    "clip": "CLIP folder, weight file, or name: ViT-B/32, openai/clip-vit-base-patch32 (cached in $SG2_CACHE_DIR)",
+    "top_k": "images kept per prompt",
+    "images": "rank the images of this folder instead of rendering --seeds",
 }
+
+
+def add_repeatable_flag(parser: argparse.ArgumentParser, field: str, flags: Sequence[str], metavar: str) -> None:
+    """Replace the comma-list flag `add_config_flags` made for a list field with a repeatable one: prompts
+    contain commas, so `--prompt "a cat, smiling" --prompt "a dog"` is the only unambiguous spelling. The
+    parser must have been made with conflict_handler="resolve" so the new flags take over the old one."""
+    parser.add_argument(*flags, dest=field, action="append", default=None, metavar=metavar,
+                        help=f"{HELP.get(field, '')} (default: none)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name, (cls, text) in COMMANDS.items():
-        p = sub.add_parser(name, help=text, description=text)
+        # "resolve" lets rank's repeatable --prompt replace the generated comma-list flag (and nothing else).
+        p = sub.add_parser(name, help=text, description=text,
+                           conflict_handler="resolve" if cls is RankConfig else "error")
         add_common_flags(p)
         add_config_flags(p, cls, HELP, aliases={"class_idx": ["--class"]})
+        if cls is RankConfig:
+            add_repeatable_flag(p, "prompts", ["--prompt", "--prompts"], "TEXT")
     p = sub.add_parser("convert", help="TF or PyTorch network pickle -> .safetensors snapshot",
                        description=convert_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(p)
@@ -100,21 +122,28 @@ def config_for(command: str, args: argparse.Namespace) -> CommonConfig:
 
 def run_command(command: str, cfg: CommonConfig, progress: bool = True) -> tuple[list[Path], dict[str, float]]:
     """Load G and run one render command; returns written files and metrics."""
+    if command == "rank":  # loads its own inputs: a network, or a folder of images instead
+        from stages.generate.rank import run_rank
+
+        return run_rank(cfg, progress=progress)  # type: ignore[arg-type]
     from models import load_generator
+    from models.precision import generator_precision
     from stages.common.device import resolve_device
     from stages.generate.images import generate_images
     from stages.generate.projector import run_projection
     from stages.generate.style_mixing import style_mixing
     from stages.generate.video import render_video
 
-    G = load_generator(cfg.require_network(), resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    G = load_generator(cfg.require_network(), device)
     runners: dict[str, Callable[[], Any]] = {
         "images": lambda: (generate_images(G, cfg), {}),
         "style-mixing": lambda: (style_mixing(G, cfg), {}),
         "video": lambda: (render_video(G, cfg, progress=progress), {}),
         "project": lambda: run_projection(G, cfg, progress=progress),
     }
-    return runners[command]()
+    with generator_precision(cfg.precision, G, device):
+        return runners[command]()
 
 
 def _attach_signed_values(argv: list[str], flags: tuple[str, ...] = ("--translate", "--rotate")) -> list[str]:
@@ -141,6 +170,28 @@ def worth_logging(files: list[Path], max_singles: int = 16) -> list[Path]:
     return grids or files[:max_singles]
 
 
+def artifact_folder(command: str, path: Path, outdir: str) -> str:
+    """MLflow artifact folder of an output: rank keeps its per-prompt folders, the others are flat."""
+    if command == "rank":
+        try:
+            return "generate/" + path.parent.relative_to(outdir).as_posix()
+        except ValueError:
+            pass
+    return f"generate/{command}"
+
+
+def rank_is_configured(cfg: RankConfig, args: argparse.Namespace) -> bool:
+    """Whether `rank` has prompts and a CLIP model. Not configured is fine in params.yaml (the pipeline skips
+    ranking); a --prompt or --clip flag without its partner is a mistake the user should hear about."""
+    if cfg.configured:
+        return True
+    if args.prompts or args.clip:
+        missing = "--clip PATH_OR_NAME (params generate.rank.clip)" if not cfg.clip else \
+            "--prompt TEXT (params generate.rank.prompts)"
+        raise GenerateError(f"rank needs prompts and a CLIP model; missing {missing}")
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = _attach_signed_values([str(a) for a in (sys.argv[1:] if argv is None else argv)])
     if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
@@ -156,6 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from stages.common.tracking import make_tracker
 
         cfg = config_for(args.command, args)
+        if isinstance(cfg, RankConfig):
+            if args.images is not None and args.network is not None:
+                raise GenerateError("--images and --network exclude each other (rank a folder, or render seeds)")
+            if not rank_is_configured(cfg, args):
+                print("note: rank: no prompts/clip configured (generate.rank.prompts, generate.rank.clip); skipped",
+                      file=sys.stderr)
+                return
         files, metrics = run_command(args.command, cfg)
         for f in files:
             print(f)
@@ -167,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         tracker.start(f"generate {args.command}", tags={"stage": "generate", **{
             f"generate.{k}": str(v) for k, v in dataclasses.asdict(cfg).items()}})
         tracker.log_metrics({f"generate.{k}": v for k, v in metrics.items()})
-        tracker.log_artifacts(worth_logging(files), f"generate/{args.command}")
+        for f in worth_logging(files) if args.command != "rank" else files:
+            tracker.log_artifact(f, artifact_folder(args.command, f, cfg.outdir))
         tracker.end("FINISHED")
 
     return run_stage(build_parser(), argv, body)

@@ -8,6 +8,7 @@ sub-section wins over the shared values, and flags win over both:
       trunc: 1.0
       images: {seeds: 0-7}
       video: {seeds: 0-31, grid: 1x1}
+      rank: {prompts: ["a smiling face"], seeds: 0-63, top_k: 9, clip: ViT-B/32}
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from stages.common.config import ConfigError
 from stages.common.seeds import parse_grid, parse_seeds
 
 NoiseMode = Literal["const", "random", "none"]
-COMMAND_SECTIONS = ("images", "style_mixing", "video", "project")
+COMMAND_SECTIONS = ("images", "style_mixing", "video", "project", "rank")
 
 
 class GenerateError(ConfigError):
@@ -40,8 +41,12 @@ class CommonConfig:
     device: str = "cpu"                 # cpu | cuda | cuda:N | auto (cuda when available)
     batch_size: int = 8                 # images per forward pass
     mlflow: bool = False                # log the outputs as MLflow artifacts (also SG2_MLFLOW=1)
+    precision: Literal["fp32", "bf16"] = "fp32"  # fp32 as official; bf16: synthesis blocks in bfloat16 (fast on
+                                        # CPUs with AVX-512 BF16/AMX; images within a few grey levels)
 
     def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise GenerateError(f"--precision must be fp32 or bf16, got {self.precision!r}")
         if self.trunc_cutoff is not None and self.trunc_cutoff < 0:
             raise GenerateError("--trunc-cutoff must be >= 0")
         if self.batch_size > 4096:
@@ -144,6 +149,8 @@ class ProjectConfig(CommonConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.precision != "fp32":  # the projection optimises through G: its gradients want float32
+            raise GenerateError("project runs in fp32 only (--precision bf16 is for rendering)")
         if not 1 <= self.num_steps <= 1_000_000:
             raise GenerateError("--num-steps must be in 1..1000000")
         if not 1 <= self.w_avg_samples <= 10_000_000:
@@ -153,6 +160,38 @@ class ProjectConfig(CommonConfig):
         for name in ("lr_rampdown_length", "lr_rampup_length", "noise_ramp_length"):
             if getattr(self, name) <= 0:
                 raise GenerateError(f"project.{name} must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class RankConfig(CommonConfig):
+    # --images ranks a folder instead of rendering: params.yaml's `network` steps aside for it; another
+    # --network than params.yaml's makes its `class_idx` (a class of the demo network) step aside.
+    YIELDS_TO_FLAGS: ClassVar[dict[str, tuple[str, ...]]] = {"images": ("network",), "network": ("class_idx",)}
+
+    seeds: str = "0-63"                 # samples to render and rank, e.g. 0-499
+    prompts: tuple[str, ...] = ()       # text prompts (--prompt, repeatable); none = the command is skipped
+    clip: str | None = None             # CLIP folder / weight file / name (ViT-B/32, openai/clip-vit-base-patch32);
+                                        # none = the command is skipped
+    top_k: int = 9                      # images kept per prompt (grid + files)
+    images: str | None = None           # rank the images of this folder instead of rendering seeds
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        parse_seeds(self.seeds)
+        if not 1 <= self.top_k <= 1000:
+            raise GenerateError(f"--top-k must be in 1..1000, got {self.top_k}")
+        for prompt in self.prompts:
+            if not str(prompt).strip():
+                raise GenerateError("--prompt: empty prompt")
+        if self.images is not None and not self.images:
+            raise GenerateError("--images must not be empty")
+        if self.clip is not None and not self.clip.strip():
+            raise GenerateError("--clip must not be empty")
+
+    @property
+    def configured(self) -> bool:
+        """Whether there is something to rank with: prompts and a CLIP model."""
+        return bool(self.prompts) and bool(self.clip)
 
 
 def parse_vec2(text: str, what: str) -> tuple[float, float]:
