@@ -223,8 +223,17 @@ def test_conditional_generator_uses_the_label():
         img = G(z, c, noise_mode="const")
     assert img.shape == (2, 3, 32, 32) and img.abs().max() < 100
     assert (img[0] - img[1]).abs().max() > 1e-3
+    # The mapping carries c in ws (w_dim = z_dim + c_dim), so generic synthesis(ws) callers keep the label;
+    # the official synthesis(ws, c) call with plain z-width ws gives the same image.
+    ws = G.mapping(z, c)
+    assert G.w_dim == ws.shape[2] == 16 + 4 and G.mapping.w_avg.shape == (20,)
+    with torch.no_grad():
+        assert torch.allclose(G.synthesis(ws, noise_mode="const"), img, atol=1e-6)
+        assert torch.allclose(G.synthesis(ws[:, :, :16], c, noise_mode="const"), img, atol=1e-6)
     with pytest.raises(ValueError, match="needs labels"):
-        G.synthesis(G.mapping(z, c))
+        G.mapping(z, None)
+    with pytest.raises(ValueError, match="needs labels"):
+        G.synthesis(ws[:, :, :16])
     unconditional = tiny_G(c_dim=4, cond=0)
     assert not hasattr(unconditional.synthesis, "embed")
     with pytest.raises(ValueError, match="c_dim > 0"):

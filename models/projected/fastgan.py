@@ -160,7 +160,13 @@ class SkipLayerExcitation(nn.Module):
 
 
 class FastGANSynthesis(nn.Module):
-    """ws [N, 1, z_dim] (and c when conditional) -> image [N, img_channels, R, R]."""
+    """ws -> image [N, img_channels, R, R].
+
+    Unconditional: ws is [N, 1, z_dim]. Conditional: either ws [N, 1, z_dim] with labels c given apart
+    (the official call `synthesis(ws, c)`), or ws [N, 1, z_dim + c_dim] carrying the labels in its last
+    c_dim entries, which is what `FastGANMapping` returns, so generic `G.synthesis(G.mapping(z, c))` callers
+    (export, style mixing, videos) work unchanged.
+    """
 
     def __init__(
         self,
@@ -171,6 +177,7 @@ class FastGANSynthesis(nn.Module):
         lite: bool = False,                # one conv per up-block and no noise (the "fastgan_lite" config)
         cond: bool = False,                # class-conditional BatchNorm in the up-blocks
         num_classes: int = OFFICIAL_NUM_CLASSES,  # rows of the class embedding (conditional only)
+        c_dim: int = 0,                    # label width carried in ws by the conditional mapping
     ) -> None:
         super().__init__()
         if img_resolution not in [2 ** k for k in range(4, 11)]:
@@ -182,6 +189,7 @@ class FastGANSynthesis(nn.Module):
                              f"{math.ceil(1 / CHANNEL_MULTIPLIERS[img_resolution])}")
         self.z_dim, self.img_resolution, self.img_channels = z_dim, img_resolution, img_channels
         self.cond = bool(cond)
+        self.c_dim = int(c_dim) if self.cond else 0
         self.block_resolutions = [2 ** k for k in range(3, int(math.log2(img_resolution)) + 1)]
 
         self.init = InitLayer(z_dim, nfc[2])
@@ -201,15 +209,21 @@ class FastGANSynthesis(nn.Module):
 
     def forward(
         self,
-        ws: torch.Tensor,                  # [N, 1, z_dim]
-        c: torch.Tensor | None = None,     # [N, c_dim] one-hot; required when conditional
+        ws: torch.Tensor,                  # [N, 1, z_dim], or [N, 1, z_dim + c_dim] when conditional
+        c: torch.Tensor | None = None,     # [N, c_dim] one-hot; needed when conditional and ws has no labels
         noise_mode: str = "random",        # 'random' | 'const' | 'none'
         force_fp32: bool = False,          # accepted for the common interface: FastGAN always runs in float32
         update_emas: bool = False,         # accepted for the common interface: no EMA statistics here
+        fused_modconv: bool | None = None,  # StyleGAN2's switch, accepted so generic callers work; unused
     ) -> torch.Tensor:                     # [N, img_channels, R, R]
-        if ws.ndim != 3 or ws.shape[1] != 1 or ws.shape[2] != self.z_dim:
-            raise ValueError(f"ws must be [N, 1, {self.z_dim}], got {tuple(ws.shape)}")
+        widths = [self.z_dim] + ([self.z_dim + self.c_dim] if self.cond and self.c_dim else [])
+        if ws.ndim != 3 or ws.shape[1] != 1 or ws.shape[2] not in widths:
+            shapes = " or ".join(f"[N, 1, {w}]" for w in widths)
+            raise ValueError(f"ws must be {shapes}, got {tuple(ws.shape)}")
         check_noise_mode(noise_mode)
+        if ws.shape[2] != self.z_dim:  # labels ride in ws (see the class docstring); explicit c wins
+            ws, carried = ws[:, :, :self.z_dim], ws[:, 0, self.z_dim:]
+            c = carried if c is None else c
         # The latent is projected onto the sphere (pixel norm of Progressive GAN), as official.
         z = normalize_2nd_moment(ws[:, 0].to(torch.float32))
         y = None
@@ -231,30 +245,40 @@ class FastGANSynthesis(nn.Module):
 class FastGANMapping(nn.Module):
     """The official `DummyMapping`: ws = z as [N, 1, z_dim] (w_dim = z_dim, num_ws = 1); no parameters.
 
+    Conditional (cond=True): ws = [z, c] as [N, 1, z_dim + c_dim] (w_dim = z_dim + c_dim), so the labels
+    travel with ws to `FastGANSynthesis` through code that only passes ws along; the official mapping
+    drops c and its synthesis takes c as a second argument, which `FastGANSynthesis` still accepts.
+
     Truncation: `truncation_psi` and `truncation_cutoff` are accepted and have no effect, as in the
     official code. FastGAN has no learned W average: the prior mean of z is 0, and the synthesis projects z
     onto the sphere, so moving z toward that mean (psi * z) would only change its length, which the
     projection removes. `w_avg` is that prior mean (zeros), kept for code that reads `G.mapping.w_avg`.
     """
 
-    def __init__(self, z_dim: int, c_dim: int) -> None:
+    def __init__(self, z_dim: int, c_dim: int, cond: bool = False) -> None:
         super().__init__()
         self.z_dim, self.c_dim = z_dim, c_dim
-        self.w_dim, self.num_ws = z_dim, 1
-        self.register_buffer("w_avg", torch.zeros(z_dim), persistent=False)
+        self.cond = bool(cond) and c_dim > 0
+        self.w_dim, self.num_ws = z_dim + (c_dim if self.cond else 0), 1
+        self.register_buffer("w_avg", torch.zeros(self.w_dim), persistent=False)
 
     def forward(
         self,
         z: torch.Tensor,                       # [N, z_dim]
-        c: torch.Tensor | None = None,         # unused here: the conditional synthesis embeds c itself
+        c: torch.Tensor | None = None,         # [N, c_dim]; appended to ws when conditional, else unused
         truncation_psi: float = 1,             # no effect (see class docstring)
         truncation_cutoff: int | None = None,  # no effect
         update_emas: bool = False,             # no effect: nothing is tracked
         skip_w_avg_update: bool = False,       # no effect
-    ) -> torch.Tensor:                         # [N, 1, z_dim]
+    ) -> torch.Tensor:                         # [N, 1, w_dim]
         if z.ndim != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"z must be [N, {self.z_dim}], got {tuple(z.shape)}")
-        return z.unsqueeze(1)
+        if not self.cond:
+            return z.unsqueeze(1)
+        if c is None or c.ndim != 2 or c.shape != (z.shape[0], self.c_dim):
+            raise ValueError(f"a conditional FastGAN needs labels c [{z.shape[0]}, {self.c_dim}], got "
+                             f"{None if c is None else tuple(c.shape)}")
+        return torch.cat([z, c.to(z.dtype)], dim=1).unsqueeze(1)
 
 
 class FastGANGenerator(nn.Module):
@@ -302,13 +326,13 @@ class FastGANGenerator(nn.Module):
             z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
             ngf=ngf, cond=int(cond), lite=lite, num_classes=num_classes,
         )
-        self.z_dim, self.c_dim, self.w_dim, self.num_ws = z_dim, c_dim, z_dim, 1
         self.img_resolution, self.img_channels = img_resolution, img_channels
         self.cond, self.lite = cond, lite
-        self.mapping = FastGANMapping(z_dim, c_dim)
+        self.mapping = FastGANMapping(z_dim, c_dim, cond)
+        self.z_dim, self.c_dim, self.w_dim, self.num_ws = z_dim, c_dim, self.mapping.w_dim, 1
         self.synthesis = FastGANSynthesis(z_dim=z_dim, img_resolution=img_resolution, img_channels=img_channels,
                                           ngf=ngf, lite=lite, cond=cond,
-                                          num_classes=num_classes or OFFICIAL_NUM_CLASSES)
+                                          num_classes=num_classes or OFFICIAL_NUM_CLASSES, c_dim=c_dim)
 
     def forward(
         self,
@@ -323,5 +347,4 @@ class FastGANGenerator(nn.Module):
     ) -> torch.Tensor:                         # [N, img_channels, R, R]
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
                           update_emas=update_emas)
-        return self.synthesis(ws, c if self.cond else None, noise_mode=noise_mode, force_fp32=force_fp32,
-                              update_emas=update_emas)
+        return self.synthesis(ws, noise_mode=noise_mode, force_fp32=force_fp32, update_emas=update_emas)
