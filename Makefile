@@ -16,7 +16,7 @@ export DVC_NO_ANALYTICS=1
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: venv test test-all lint bench demo ui repro clean-venv
+.PHONY: venv test test-all lint bench demo ui repro clean-venv gpu-check bench-cpu
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,19 @@ test-all: venv
 
 bench: venv
 	$(PY) tests/benchmarks/bench_networks.py
+
+# CPU inference side by side with the official code (fp32), ours fp32/bf16 and onnxruntime; idle machine only.
+# OFFICIAL=path to a stylegan2-ada-pytorch checkout.
+bench-cpu: venv
+	$(PY) tests/benchmarks/bench_cpu_inference.py --official-repo $(OFFICIAL) --fd
+
+# Everything a GPU's first minutes should tell (< 8 min on one H100/H200): GPU tests, training sec/kimg ours vs
+# official, G inference img/s, feature extraction img/s; report in reports/gpu_check/. On a machine whose python
+# already has CUDA torch (no venv to build): make gpu-check GPU_PY=python3. Dry run on CPU: GPU_CHECK_FLAGS=--dry-run
+GPU_PY ?= $(PY)
+GPU_CHECK_FLAGS ?=
+gpu-check: $(if $(filter $(PY),$(GPU_PY)),venv)
+	$(GPU_PY) tests/gpu/gpu_check.py $(GPU_CHECK_FLAGS)
 
 # The whole pipeline on the built-in digits, on CPU: the Prefect flow runs `dvc repro` stage by
 # stage and records every stage in MLflow (sqlite:///mlflow.db, artifacts in mlartifacts/).

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from models.precision import current_policy
 from ops import bias_act, conv2d_resample, setup_filter
 
 # Default output gain of each activation, chosen so that activations keep roughly unit variance
@@ -42,13 +43,27 @@ def activation_gain(activation: str) -> float:
 
 
 def fp16_active(use_fp16: bool, force_fp32: bool, device: torch.device) -> bool:
-    """Whether a block marked `use_fp16` really runs in float16.
+    """Whether a block marked `use_fp16` really runs in reduced precision (dtype: `compute_dtype`).
 
-    Deliberate deviation from the official code: float16 only on CUDA. CPU kernels for half
-    precision convolutions are emulated and dozens of times slower, so on CPU every block runs in
-    float32 (which is also what `force_fp32=True` gives on any device).
+    As official by default: float16 on CUDA only. CPU kernels for half precision convolutions are
+    emulated and dozens of times slower, so on CPU every block runs in float32 (which is also what
+    `force_fp32=True` gives on any device). `models.precision` changes the rule within a context:
+    float16 on CPU for the tests of these branches, bfloat16 in every block for fast CPU inference.
     """
-    return use_fp16 and not force_fp32 and device.type == "cuda"
+    policy = current_policy()  # device_types is ("cuda",) unless a models.precision context says otherwise
+    return (use_fp16 or policy.all_blocks) and not force_fp32 and device.type in policy.device_types
+
+
+def compute_dtype(half: bool) -> torch.dtype:
+    """The dtype of a block's activations: the policy's reduced type when `fp16_active`, else float32."""
+    return current_policy().dtype if half else torch.float32  # cuda-only: layers.reduced-dtype
+
+
+def block_memory_format(half: bool, channels_last: bool) -> torch.memory_format:
+    """channels-last for a reduced-precision block whose `channels_last` (or the policy) asks for it."""
+    policy = current_policy()
+    wanted = channels_last if policy.channels_last is None else policy.channels_last
+    return torch.channels_last if half and wanted else torch.contiguous_format  # cuda-only: layers.channels-last
 
 
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:

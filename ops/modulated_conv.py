@@ -44,7 +44,7 @@ def modulated_conv2d(
     # result invariant to a per-output-channel scale of weight and to a per-sample scale of
     # styles, so both may be brought to max-abs ~1 first at no cost to the math (the 1/sqrt(fan_in)
     # further keeps the sum of squares of order one).
-    if x.dtype == torch.float16 and demodulate:
+    if x.dtype == torch.float16 and demodulate:  # cuda-only: ops.modconv-fp16-prenorm
         weight = weight * (
             1 / (in_channels * kh * kw) ** 0.5 / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True)
         )  # max_Ikk
@@ -88,5 +88,5 @@ def modulated_conv2d(
     )  # [1,(N*O),H,W]
     x = x.reshape(batch_size, -1, *x.shape[2:])  # [NOHW]
     if noise is not None:
-        x = x + noise
+        x = x + noise.to(x.dtype)  # in float16 blocks an fp32 noise would promote the activations to fp32
     return x

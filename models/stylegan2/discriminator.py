@@ -9,7 +9,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.layers import DEFAULT_RESAMPLE_FILTER, Conv2dLayer, FullyConnectedLayer, fp16_active
+from models.layers import (
+    DEFAULT_RESAMPLE_FILTER,
+    Conv2dLayer,
+    FullyConnectedLayer,
+    block_memory_format,
+    compute_dtype,
+    fp16_active,
+)
 from models.stylegan2.mapping import MappingNetwork
 from ops import downsample2d, setup_filter
 
@@ -95,9 +102,9 @@ class DiscriminatorBlock(torch.nn.Module):
         force_fp32: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         device = (x if x is not None else img).device
-        half = fp16_active(self.use_fp16, force_fp32, device)
-        dtype = torch.float16 if half else torch.float32
-        memory_format = torch.channels_last if self.channels_last and half else torch.contiguous_format
+        half = fp16_active(self.use_fp16, force_fp32, device)  # cuda-only: sg2.discriminator.block-dtype
+        dtype = compute_dtype(half)
+        memory_format = block_memory_format(half, self.channels_last)
 
         if x is not None:
             _check_nchw(x, self.in_channels, self.resolution, "x")

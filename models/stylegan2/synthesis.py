@@ -14,6 +14,8 @@ from models.layers import (
     Conv2dLayer,
     FullyConnectedLayer,
     activation_gain,
+    block_memory_format,
+    compute_dtype,
     fp16_active,
 )
 from ops import bias_act, modulated_conv2d, setup_filter, upsample2d
@@ -28,11 +30,13 @@ def default_fused_modconv(training: bool, dtype: torch.dtype, batch_size: int, d
     official heuristic: fused for inference, except fp16 with N > 1, where the separate
     scale-conv-scale path is faster and avoids overflow. On CPU a grouped convolution with one
     group per sample is much slower than one batched convolution (about 1.5x for the whole
-    generator at batch 8), so there the fused path is used only for a single sample in inference.
+    generator at batch 8), so there the fused path is used only for a single sample in float32
+    inference; in bfloat16 even that is slower (5.5 vs 6.7 img/s at 256 px: the per-sample weights
+    are cast and reordered on every call).
     """
-    if device.type == "cuda":
+    if device.type == "cuda":  # cuda-only: sg2.fused-modconv-cuda-rule
         return (not training) and (dtype == torch.float32 or batch_size == 1)
-    return (not training) and batch_size == 1
+    return (not training) and batch_size == 1 and dtype == torch.float32
 
 
 class SynthesisLayer(torch.nn.Module):
@@ -233,15 +237,17 @@ class SynthesisBlock(torch.nn.Module):
             )
         w_iter = iter(ws.unbind(dim=1))
         device = self.const.device if x is None else x.device
-        half = fp16_active(self.use_fp16, force_fp32, device)
-        dtype = torch.float16 if half else torch.float32
-        memory_format = torch.channels_last if self.channels_last and half else torch.contiguous_format
+        half = fp16_active(self.use_fp16, force_fp32, device)  # cuda-only: sg2.synthesis.block-dtype
+        dtype = compute_dtype(half)
+        memory_format = block_memory_format(half, self.channels_last)
         if fused_modconv is None:
             fused_modconv = default_fused_modconv(self.training, dtype, int(ws.shape[0]), device)
 
         if self.in_channels == 0:
-            x = self.const.to(dtype=dtype, memory_format=memory_format)
-            x = x.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])  # [NCHW]
+            # The memory format applies to the 4-D batch (the official code asks it of the 3-D constant, which
+            # fails for channels-last; only a policy with all blocks in reduced precision gets here with it).
+            x = self.const.to(dtype=dtype).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])  # [NCHW]
+            x = x.to(memory_format=memory_format)
         else:
             x = x.to(dtype=dtype, memory_format=memory_format)
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.layers import FullyConnectedLayer, fp16_active
+from models.layers import FullyConnectedLayer, compute_dtype, fp16_active
 from models.stylegan2.synthesis import default_fused_modconv
 from models.stylegan3.filters import design_lowpass_filter
 from ops import filtered_lrelu, modulated_conv2d
@@ -164,8 +164,8 @@ class StyleGAN3SynthesisLayer(torch.nn.Module):
             self.magnitude_ema.copy_(magnitude.lerp(self.magnitude_ema, self.magnitude_ema_beta))
         input_gain = self.magnitude_ema.rsqrt()  # normalises the input to unit RMS magnitude
 
-        half = fp16_active(self.use_fp16, force_fp32, x.device)
-        dtype = torch.float16 if half else torch.float32
+        half = fp16_active(self.use_fp16, force_fp32, x.device)  # cuda-only: sg3.layer-dtype
+        dtype = compute_dtype(half)
         if fused_modconv is None:
             fused_modconv = default_fused_modconv(self.training, dtype, shape[0], x.device)
 

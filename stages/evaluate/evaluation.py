@@ -61,7 +61,8 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         ppl_batch_size=cfg.ppl_batch_size, pr_row_batch_size=cfg.pr_row_batch_size,
         pr_col_batch_size=cfg.pr_col_batch_size, seed=cfg.seed, workers=cfg.workers,
         G_kwargs=dict(truncation_psi=cfg.truncation_psi, noise_mode=cfg.noise_mode),
-        device=device, group=group, progress=cfg.progress, fid_trace=cfg.fid_trace)
+        device=device, group=group, progress=cfg.progress, fid_trace=cfg.fid_trace, precision=cfg.precision,
+        feature_precision=cfg.feature_precision)
     main = is_main(group)
     written: list[Path] = []
 
@@ -87,7 +88,10 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         tracker, note = make_tracker(cfg.mlflow)
         if note:
             print(f"note: {note}", file=sys.stderr)
-        tracker.start("evaluate", params=dict(flatten(cfg), network=network), tags={"stage": "evaluate"})
+        from models.precision import precision_in_use
+
+        tags = {"stage": "evaluate", **{f"precision.{role}": p for role, p in precision_in_use().items()}}
+        tracker.start("evaluate", params=dict(flatten(cfg), network=network), tags=tags)
         tracker.log_metrics(out["results"])
         tracker.log_artifacts([*written, Path(cfg.out)], "metrics")
         tracker.end("FINISHED")

@@ -6,6 +6,12 @@ covariance (FID; O(D²) memory for any N), `all` keeps every feature row (KID, P
 Generated images are seeded per global batch (`numpy.random.default_rng([seed, batch])` for z and labels,
 `torch.manual_seed` of the same for noise), which makes a run repeatable and independent of the number of
 processes; the official code draws from unseeded global RNGs instead.
+
+`precision="bf16"` runs the generator's synthesis blocks in bfloat16 (`models.precision`): 2-5x the official fp32
+images/s on CPUs with AVX-512 BF16, and an FD change far below the seed-to-seed noise (measured: 0.015 against 0.9
+on an FD of 319). `feature_precision="bf16"` runs the detector under bfloat16 autocast too, about 1.5x faster, but
+it moves FD systematically (EfficientNet-Lite0: +3 on 319, above that noise): compare such numbers only with each
+other. Real-image statistics depend on the feature precision alone and are cached under their own key.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from models.precision import check_precision, generator_precision
+from models.precision import feature_precision as detector_precision
 from stages.common.fileio import atomic_open
 from stages.common.images import to_uint8
 from stages.evaluate.distributed import ProcessGroup, SingleProcess, gather_rows, is_main, my_batches, sum_arrays
@@ -94,8 +102,10 @@ def dataset_features(
     device: torch.device | str = "cpu",
     workers: int = 0,
     progress: bool = True,
+    feature_precision: str = "fp32",       # detector precision: fp32 | bf16 (models.precision)
 ) -> FeatureStats:
     """Features of the first min(len, max_items) dataset items (the official item order)."""
+    check_precision(feature_precision)
     group = group or SingleProcess()
     n = len(dataset) if max_items is None else min(len(dataset), max_items)
     acc = _Accumulator(capture)
@@ -105,7 +115,7 @@ def dataset_features(
     starts = iter([s for _, s, _ in batches])
     with _progress(n, "dataset features", progress and is_main(group)) as bar:
         for images, _labels in loader:
-            with torch.no_grad():
+            with torch.no_grad(), detector_precision(feature_precision, device):
                 feats = detector(_to_rgb(images.to(device)), **detector_kwargs)
             acc.add(next(starts), feats.float().cpu().numpy())
             bar.update(images.shape[0] * group.num_processes)
@@ -147,16 +157,22 @@ def generator_features(
     group: ProcessGroup | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    precision: str = "fp32",               # generator precision: fp32 | bf16 (models.precision)
+    feature_precision: str = "fp32",       # detector precision: fp32 | bf16
 ) -> FeatureStats:
     """Features of `num_gen` generated images."""
+    check_precision(precision)
+    check_precision(feature_precision)
     group = group or SingleProcess()
     acc = _Accumulator(capture)
     with _progress(num_gen, "generator features", progress and is_main(group)) as bar:
         for b, s, e in my_batches(num_gen, batch_size, group):
             z, c, _ = batch_latents(seed, b, e - s, G.z_dim, labels)
             with torch.no_grad(), seeded_torch(seed, b, device):
-                img = G(torch.from_numpy(z).to(device), torch.from_numpy(c).to(device), **(G_kwargs or {}))
-                feats = detector(_to_rgb(to_uint8(img)), **detector_kwargs)
+                with generator_precision(precision, G, device):
+                    img = G(torch.from_numpy(z).to(device), torch.from_numpy(c).to(device), **(G_kwargs or {}))
+                with detector_precision(feature_precision, device):
+                    feats = detector(_to_rgb(to_uint8(img.float())), **detector_kwargs)
             acc.add(s, feats.float().cpu().numpy())
             bar.update((e - s) * group.num_processes)
     return acc.finish(group)
@@ -173,16 +189,19 @@ def get_stats_cache_dir(override: str | os.PathLike | None = None) -> Path:
 
 def stats_cache_path(
     cache_dir: Path, dataset: Any, detector_id: str, detector_kwargs: dict[str, Any], capture: Capture,
-    max_items: int | None,
+    max_items: int | None, feature_precision: str = "fp32",
 ) -> Path:
-    """File of the statistics for this dataset content, detector file, call, capture mode and item count.
+    """File of the statistics for this dataset content, detector file, call, capture mode, item count, precision.
 
     `content_hash()` already covers image bytes (CRCs), labels, max_size, xflip and the subset seed; the
-    resolution is added for clarity. The key holds no path, so a moved or copied dataset still hits.
+    resolution is added for clarity. The key holds no path, so a moved or copied dataset still hits. The
+    precision enters the key only when it is not fp32, so caches written before it existed still hit.
     """
     n = len(dataset) if max_items is None else min(len(dataset), max_items)
     key = dict(v=CACHE_VERSION, dataset=dataset.content_hash(), resolution=dataset.resolution, detector=detector_id,
                detector_kwargs=detector_kwargs, capture=capture, num_items=n)
+    if feature_precision != "fp32":
+        key["feature_precision"] = feature_precision
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     return cache_dir / f"{dataset.name}-{detector_id}-{capture}-{digest}.npz"
 
@@ -221,7 +240,8 @@ def cached_dataset_features(
     group = group or SingleProcess()
     if cache_dir is None:
         return dataset_features(dataset, detector, detector_kwargs, capture, max_items, group=group, **kwargs)
-    path = stats_cache_path(cache_dir, dataset, detector_id, detector_kwargs, capture, max_items)
+    path = stats_cache_path(cache_dir, dataset, detector_id, detector_kwargs, capture, max_items,
+                            feature_precision=kwargs.get("feature_precision", "fp32"))
     # The main process decides (a file appearing between two processes' checks must not split them).
     hit = group.all_gather(path.is_file() if is_main(group) else None)[0]
     stats = load_stats(path) if hit else None

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.precision import check_precision
 from stages.common.config import ConfigError
 from stages.common.fileio import append_jsonl, write_json_atomic
 from stages.common.progress import format_time
@@ -57,6 +58,12 @@ class MetricOptions:
     progress: bool = True
     allow_download: bool | None = None                 # None = unless $SG2_OFFLINE
     fid_trace: str = "eig"                             # "eig" (fast) | "sqrtm" (the official computation)
+    precision: str = "fp32"                            # G: fp32 (official) | bf16 (models.precision)
+    feature_precision: str = "fp32"                    # detectors: fp32 | bf16 (shifts FD: see features.py)
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
+        check_precision(self.feature_precision)
 
 
 def make_dataset(dataset_kwargs: dict[str, Any], spec: MetricSpec) -> Any:
@@ -89,14 +96,16 @@ def _real_stats(spec: MetricSpec, dataset: Any, det: Any, det_id: str, kwargs: d
     cache = get_stats_cache_dir(opts.cache_dir) if opts.use_cache else None
     return cached_dataset_features(dataset, det, det_id, kwargs, capture, spec.max_real, cache,  # type: ignore[arg-type]
                                    group=opts.group, batch_size=opts.batch_size, device=opts.device,
-                                   workers=opts.workers, progress=opts.progress)
+                                   workers=opts.workers, progress=opts.progress,
+                                   feature_precision=opts.feature_precision)
 
 
 def _gen_stats(spec: MetricSpec, G: Any, labels: np.ndarray | None, det: Any, kwargs: dict, capture: str,
                opts: MetricOptions) -> FeatureStats:
     return generator_features(G, labels, spec.num_gen, det, kwargs, capture, batch_size=opts.batch_size,  # type: ignore[arg-type]
                               seed=opts.seed, G_kwargs=opts.G_kwargs, group=opts.group, device=opts.device,
-                              progress=opts.progress)
+                              progress=opts.progress, precision=opts.precision,
+                              feature_precision=opts.feature_precision)
 
 
 def _equivariance(spec: MetricSpec, G: Any, dataset_kwargs: dict[str, Any] | None, opts: MetricOptions
@@ -170,8 +179,13 @@ def compute_metric(spec: MetricSpec, G: Any, dataset_kwargs: dict[str, Any] | No
             results = {spec.name: formulas.ppl_from_distances(dist)}
     results = opts.group.all_gather(results)[0]
     total = time.time() - start
-    return dict(results=results, metric=spec.name, total_time=total, total_time_str=format_time(total),
-                num_gpus=opts.group.num_processes)
+    record = dict(results=results, metric=spec.name, total_time=total, total_time_str=format_time(total),
+                  num_gpus=opts.group.num_processes)
+    if spec.kind in ("fid", "kid", "pr", "is"):  # the official record has no such keys: fp32 records stay official
+        for key in ("precision", "feature_precision"):
+            if getattr(opts, key) != "fp32":
+                record[key] = getattr(opts, key)
+    return record
 
 
 def compute_metrics(

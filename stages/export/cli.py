@@ -3,6 +3,7 @@
     python -m stages.export --network runs/00000/network-snapshot-000100.safetensors --outdir exports/
     python -m stages.export --network ffhq.pkl --fp16 --simplify --batch-opt 8 --batch-max 32 --mlflow
     python -m stages.export render --model exports/generator_uint8.onnx --seeds 0-7 --trunc 0.7 --outdir out/
+    python -m stages.export serve --model exports/generator_uint8.onnx --port 8080   # seeds in, PNGs out (CPU)
 
 Reads the `export:` section of params.yaml; flags override single fields. The work is
 `stages.export.exporter.export_all`; graph contract: inputs z, [c], truncation_psi [B, 1]; outputs img
@@ -19,7 +20,7 @@ import logging
 from collections.abc import Sequence
 
 from stages.common.cli import add_common_flags, add_config_flags, load_config, run_stage, stage_parser
-from stages.export.config import HELP, ExportConfig, RenderConfig
+from stages.export.config import HELP, ExportConfig, RenderConfig, ServeConfig
 
 PROG = "python -m stages.export"
 
@@ -27,11 +28,17 @@ PROG = "python -m stages.export"
 def build_parser() -> argparse.ArgumentParser:
     parser = stage_parser(PROG, __doc__)
     add_config_flags(parser, ExportConfig, HELP)
-    sub = parser.add_subparsers(dest="command", metavar="[render]")
+    sub = parser.add_subparsers(dest="command", metavar="[render | serve]")
     render = sub.add_parser("render", help="render seeds to PNGs through an exported graph or engine",
-                            description="Render seeds to PNGs through an exported graph or TensorRT engine.")
+                            description="Render seeds to PNGs through an exported graph, TensorRT engine or snapshot.")
     add_common_flags(render)
     add_config_flags(render, RenderConfig, HELP, aliases={"class_idx": ["--class"]})
+    serve = sub.add_parser("serve", help="HTTP server on CPU: seeds in, PNGs out (KServe v2 JSON too)",
+                           description="Serve an exported generator over HTTP: GET /png?seed=N, POST /png, and the "
+                                       "KServe v2 JSON protocol Triton speaks (exports/triton_client.py works "
+                                       "against both).")
+    add_common_flags(serve)
+    add_config_flags(serve, ServeConfig, HELP)
     return parser
 
 
@@ -61,9 +68,26 @@ def render(args: argparse.Namespace) -> None:
     cfg = load_config(RenderConfig, "render", args, params={})
     providers = ["CPUExecutionProvider"] if cfg.cpu else None
     paths = render_seeds(cfg.model, parse_seeds(cfg.seeds), cfg.outdir, psi=cfg.trunc, class_idx=cfg.class_idx,
-                         batch=cfg.batch, providers=providers)
+                         batch=cfg.batch, providers=providers, precision=cfg.precision)
     print(f"wrote {len(paths)} images to {cfg.outdir}")
 
 
+def serve(args: argparse.Namespace) -> None:
+    from stages.export.serve import make_server
+
+    cfg = load_config(ServeConfig, "serve", args, params={})
+    server = make_server(cfg)
+    host, port = server.server_address[:2]
+    print(f"serving {cfg.model} as '{cfg.name}' on http://{host}:{port} (GET /png?seed=0, POST /v2/models/"
+          f"{cfg.name}/infer); Ctrl-C stops", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+COMMANDS = {"render": render, "serve": serve}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_stage(build_parser(), argv, lambda args: render(args) if args.command == "render" else export(args))
+    return run_stage(build_parser(), argv, lambda args: COMMANDS.get(args.command, export)(args))

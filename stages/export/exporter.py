@@ -3,9 +3,12 @@
 Outputs in `config.outdir` (each written atomically):
     generator.onnx, generator_uint8.onnx, synthesis.onnx   (+ *_fp16.onnx with fp16)
     parity.json             onnxruntime vs PyTorch figures (DVC metric)
-    build_engine.sh         trtexec commands for the target GPU
+    build_engine.sh         trtexec commands for the target GPU; installs generator.plan as <triton_name>_trt
+    triton/<triton_name>_trt.config.pbtxt   the Triton config of that engine model (copied in by the script)
     generator.plan          only with engine=True (TensorRT + CUDA GPU)
     model_repository/       Triton: <triton_name>/config.pbtxt, <triton_name>/1/model.{onnx,plan}
+    triton_client.py        KServe v2 HTTP/JSON client (seeds in, PNGs out) for Triton and `stages.export serve`
+    README.md               what each file is and how to serve it, with this export's names and figures
     export_summary.json     what was written, IO of every graph, hashes, parity verdict
 
 StyleGAN3 generators export the same way. Their `synthesis.input.transform` (the inverse of a user's
@@ -29,15 +32,18 @@ from models import load_generator
 from stages.common.errors import CheckFailed
 from stages.common.fileio import write_json_atomic, write_text_atomic
 from stages.export import onnx_export as ox
+from stages.export import triton_client
 from stages.export.config import ExportConfig
 from stages.export.parity import check_parity, make_inputs, parity_metrics, reference_images
+from stages.export.readme import write_readme
 from stages.export.tensorrt_build import (
     BatchProfile,
     build_script,
+    install_commands,
     profile_shapes,
     trtexec_command,
 )
-from stages.export.triton import TritonModelConfig, write_model_repository
+from stages.export.triton import TritonModelConfig, render_config, write_model_repository
 
 log = logging.getLogger("stages.export")
 
@@ -98,7 +104,19 @@ def export_all(config: ExportConfig, G: torch.nn.Module | None = None) -> dict[s
         commands.append(trtexec_command(f"{name}.onnx", f"{name}.plan", shapes, fp16=config.engine_fp16,
                                         workspace_mb=config.workspace_mb, timing_cache="timing.cache",
                                         trtexec="$TRTEXEC"))
-    write_text_atomic(out / "build_engine.sh", build_script(commands), mode=0o755)
+    # The engine built on the target GPU becomes a second Triton model; its config is staged outside the
+    # repository, because Triton refuses to start on a model folder without a model file in it.
+    trt_model = f"{config.triton_name}_trt"
+    trt_config = TritonModelConfig(
+        name=trt_model, platform="tensorrt_plan", max_batch_size=config.batch_max, inputs=io["generator"]["inputs"],
+        outputs=io["generator"]["outputs"], preferred_batch_sizes=sorted({config.batch_opt, config.batch_max}),
+        max_queue_delay_us=config.triton_max_queue_delay_us, instance_kind="KIND_GPU",
+    )
+    staged = f"triton/{trt_model}.config.pbtxt"
+    write_text_atomic(out / staged, render_config(trt_config))
+    install = install_commands("generator.plan", "model_repository", trt_model, staged)
+    write_text_atomic(out / "build_engine.sh", build_script(commands, install), mode=0o755)
+    write_text_atomic(out / "triton_client.py", Path(triton_client.__file__).read_text())
 
     engine_info: dict[str, Any] | None = None
     if config.engine:
@@ -141,6 +159,9 @@ def export_all(config: ExportConfig, G: torch.nn.Module | None = None) -> dict[s
                    "model": str(triton_paths["model"]), "platform": platform},
         "config": dataclasses.asdict(config),
     }
+    summary["triton"]["engine_model"] = {"name": trt_model, "config": str(out / staged),
+                                         "installed_by": str(out / "build_engine.sh")}
+    write_readme(out, summary, trt_model)
     log_to_mlflow(config, files, summary)
     if config.register:
         summary["registered"] = register(config, G, files, summary)

@@ -86,16 +86,36 @@ def trtexec_command(
     return " ".join(a if a.startswith("$") else shlex.quote(a) for a in args)
 
 
-def build_script(commands: Sequence[str]) -> str:
-    """A bash script that runs the trtexec commands from its own directory (paths are relative)."""
+def install_commands(plan: str, repository: str, model: str, config: str) -> list[str]:
+    """Shell lines that put a built plan into the Triton repository as model `model` (version 1).
+
+    The plan first, the config last: a polling Triton (--model-control-mode=poll) sees a complete model or none.
+    """
+    q = shlex.quote
+    root = f"{repository}/{model}"
+    return [
+        f"# Serve {plan} as a second Triton model, {model}, next to the ONNX one.",
+        f"mkdir -p {q(root + '/1')}",
+        f"cp {q(plan)} {q(root + '/1/model.plan')}",
+        f"cp {q(config)} {q(root + '/config.pbtxt')}",
+        f'echo "installed {root}: restart Triton, or POST /v2/repository/models/{model}/load '
+        f'with --model-control-mode=explicit"',
+    ]
+
+
+def build_script(commands: Sequence[str], install: Sequence[str] = ()) -> str:
+    """A bash script that runs the trtexec commands from its own directory (paths are relative), then `install`."""
     lines = [
         "#!/usr/bin/env bash",
         "# Build TensorRT engines from the exported ONNX graphs on the target GPU (engines are GPU- and",
-        "# TensorRT-version specific, so they are built where they run). Override the binary with TRTEXEC=...",
+        "# TensorRT-version specific, so they are built where they run: use the TensorRT release of the Triton",
+        "# server that will load them, e.g. the nvcr.io tensorrt and tritonserver containers of the same yy.mm).",
+        "# Override the binary with TRTEXEC=...",
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
         'TRTEXEC="${TRTEXEC:-trtexec}"',
         *commands,
+        *install,
         "",
     ]
     return "\n".join(lines)
