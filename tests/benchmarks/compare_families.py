@@ -73,7 +73,7 @@ def evaluate(snapshot: Path, metric: str, data: str, workdir: Path) -> float:
     out = workdir / f"{snapshot.stem}.{metric}.json"
     if not out.exists():
         subprocess.run([sys.executable, "-m", "stages.evaluate", "--network", str(snapshot), "--metrics", metric,
-                        "--data", data, "--out", str(out), "--run-dir", str(workdir), "--mlflow", "false"],
+                        "--data", data, "--out", str(out), "--run-dir", str(workdir), "--no-mlflow"],
                        cwd=ROOT, check=True, env={**os.environ, "SG2_MLFLOW": "0"})
     return float(json.loads(out.read_text())[metric])
 
@@ -125,7 +125,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
-    extra = ["--cond", "true" if args.cond else "false"]
+    extra = ["--cond" if args.cond else "--no-cond"]
     rows, summary = [], {"data": args.data, "minutes": args.minutes, "metric": args.metric, "runs": {}}
     for spec in args.cfg:
         cfg, _, tick = spec.partition(":")
