@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import pytest
@@ -104,3 +105,22 @@ def test_params_file_problems_are_one_line_errors(tmp_path):
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": [2]}}, "e": None}) == {"a.b": 1, "a.c.d": [2], "e": None}
     assert flatten(_Cfg(), prefix="x.")["x.size"] == 32
+
+
+def test_cfg_of_another_family_makes_the_demo_settings_it_does_not_use_step_aside() -> None:
+    """`python -m stages.train --data X --cfg fastgan_lite` in the project folder: params.yaml's ADA settings
+    (the demo's) must not stop it with "not used by"; a StyleGAN2 config keeps them; flags are still refused."""
+    from stages.common.config import build_config, load_params
+    from stages.train.config import TrainConfig
+
+    section = load_params(Path(__file__).resolve().parents[1] / "params.yaml")["train"]
+    assert section["aug"] == "ada" and section["target"] is not None  # the demo's settings this test is about
+    notes: list[str] = []
+    cfg = build_config(TrainConfig, section, {"data": "x.zip", "cfg": "fastgan_tiny"}, notes)
+    assert cfg.aug is None and cfg.target is None and cfg.cfg == "fastgan_tiny"
+    assert any("--cfg given: params.yaml train.target" in n for n in notes) and \
+        any("train.aug ('ada') not used" in n for n in notes)
+    kept = build_config(TrainConfig, section, {"data": "x.zip", "cfg": "paper256"}, [])
+    assert (kept.aug, kept.target) == ("ada", section["target"])
+    with pytest.raises(ConfigError, match="--aug: not used by --cfg fastgan_tiny"):
+        build_config(TrainConfig, section, {"data": "x.zip", "cfg": "fastgan_tiny", "aug": "ada"}, [])

@@ -138,8 +138,8 @@ def build_config(cls: type[T], section: dict[str, Any] | None, overrides: dict[s
                  notes: list[str] | None = None) -> T:
     """Build the dataclass `cls` from a params section plus non-None overrides (flags); unknown keys are errors.
 
-    Params values named in `cls.YIELDS_TO_FLAGS[flag]` are dropped when `flag` is given with another value
-    than the file's; each drop is described in `notes`.
+    Params values named in `cls.YIELDS_TO_FLAGS[flag]` (a tuple, or a function of the flag's value giving one)
+    are dropped when `flag` is given with another value than the file's; each drop is described in `notes`.
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls} is not a dataclass")
@@ -158,9 +158,11 @@ def build_config(cls: type[T], section: dict[str, Any] | None, overrides: dict[s
 
     from_file = normalise(section or {}, f"params.yaml section '{section_name}'")
     from_flags = normalise({k: v for k, v in (overrides or {}).items() if v is not None}, "the flags")
-    yields: dict[str, tuple[str, ...]] = getattr(cls, "YIELDS_TO_FLAGS", {})
+    yields: dict[str, Any] = getattr(cls, "YIELDS_TO_FLAGS", {})
     for flag, dependents in yields.items():
         if flag in from_flags and from_file.get(flag, _ABSENT) != from_flags[flag]:
+            if callable(dependents):  # which params values step aside depends on the flag's value
+                dependents = dependents(from_flags[flag])
             dropped = [d for d in dependents if d in from_file and d not in from_flags]
             for d in dropped:
                 if notes is not None:

@@ -7,7 +7,7 @@ the process count into the concrete options of one run.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from models.augment import AUGPIPE_SPECS
 from models.presets import PRESETS
@@ -18,6 +18,18 @@ ResumeMode = str  # 'latest' | 'auto' | checkpoint folder | snapshot/pickle path
 DEFAULT_ADA_TARGET = 0.6
 
 
+# Options a family trains without, and which it therefore refuses when given (see TrainConfig.__post_init__).
+FAMILY_UNUSED: dict[str, tuple[str, ...]] = {
+    "stylegan3": ("pl_weight", "style_mixing"),
+    "projected": ("gamma", "pl_weight", "style_mixing", "freezed", "p", "target", "nhwc", "aug"),
+}
+
+
+def _unused_by_family(cfg: str) -> tuple[str, ...]:
+    preset = PRESETS.get(cfg)
+    return FAMILY_UNUSED.get(preset.family, ()) if preset is not None else ()
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything `python -m stages.train` accepts."""
@@ -25,8 +37,11 @@ class TrainConfig:
     SECTION: ClassVar[str] = "train"
     # A flag that starts the user's own run makes the pipeline's fixed run folder and `resume: auto`
     # step aside (params.yaml is the demo pipeline's); `--aug` makes the other mode's p/target step aside.
-    YIELDS_TO_FLAGS: ClassVar[dict[str, tuple[str, ...]]] = {
+    # `--cfg` of another family makes params values that family does not use step aside (the demo's ADA settings
+    # would otherwise stop `--cfg fastgan_lite` with "not used by").
+    YIELDS_TO_FLAGS: ClassVar[dict[str, Any]] = {
         "data": ("run_dir", "resume"), "outdir": ("run_dir", "resume"), "aug": ("p", "target"),
+        "cfg": lambda cfg: _unused_by_family(cfg),
     }
 
     data: str = ""                        # dataset ZIP or folder (required)
