@@ -467,3 +467,19 @@ def test_fastgan_projected_trains_through_the_same_loop_and_resumes_exactly(data
                      "--outdir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "--gamma, --aug: not used by --cfg fastgan_lite" in err
+
+
+def test_a_stop_within_the_kimg_of_the_last_tick_does_not_replace_its_snapshot() -> None:
+    """Tick at 6.008 kimg writes network-snapshot-000006; SIGTERM at 6.048 used to write the same name over it."""
+    import types
+
+    from stages.train.snapshots import SnapshotWriter
+
+    writer = SnapshotWriter.__new__(SnapshotWriter)
+    writer.opts = types.SimpleNamespace(kimg_tag=lambda nimg: f"{nimg // 1000:06d}")
+    writer._tagged = {}
+    assert writer.tag(6008) == "000006" and writer.tag(6008) == "000006"  # fakes and network of one tick
+    assert writer.tag(6048) == "000006.048"
+    assert writer.tag(7008) == "000007"
+    writer.resumed_at(7500)  # a resumed run: the files of its start may carry the coarse name already
+    assert writer.tag(7900) == "000007.900"

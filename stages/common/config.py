@@ -165,7 +165,7 @@ def build_config(cls: type[T], section: dict[str, Any] | None, overrides: dict[s
                 dependents = dependents(from_flags[flag])
             dropped = [d for d in dependents if d in from_file and d not in from_flags]
             for d in dropped:
-                if notes is not None:
+                if notes is not None and from_file[d] is not None:  # an unset value stepping aside is no news
                     notes.append(f"--{flag.replace('_', '-')} given: params.yaml {section_name}.{d} "
                                  f"({from_file[d]!r}) not used")
                 del from_file[d]

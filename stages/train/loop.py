@@ -99,6 +99,8 @@ def train(cfg: TrainConfig) -> Path | None:
         "git_commit": git_commit(Path(__file__).parent) or "unknown",
         "resumed": str(plan.restore_from is not None).lower()})
     snapshots = SnapshotWriter(opts, dataset, G_ema, run_dir, device, main, tracker, log)
+    if plan.restore_from is not None:
+        snapshots.resumed_at(prog.cur_nimg)
     step = TrainingStep(phases, loss, dataset, opts, G.z_dim, device, coll, rank, world)
     log(f"training for {opts.total_kimg:g} kimg, batch {opts.batch_size} ({opts.batch_gpu} per round per process)\n")
     if prog.cur_nimg >= opts.total_nimg:

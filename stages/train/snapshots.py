@@ -33,6 +33,19 @@ class SnapshotWriter:
         self.grid_c = torch.from_numpy(labels).to(device).split(opts.batch_gpu)
         self.metrics = SnapshotMetrics(opts.metrics, opts.training_set_kwargs, run_dir, device, log,
                                        detector_dir=opts.detector_dir)
+        self._tagged: dict[str, int] = {}  # kimg tag -> the nimg whose files carry it
+
+    def resumed_at(self, cur_nimg: int) -> None:
+        """The run continues from `cur_nimg`, whose files may already carry its kimg tag."""
+        self._tagged[self.opts.kimg_tag(cur_nimg)] = cur_nimg
+
+    def tag(self, cur_nimg: int) -> str:
+        """`opts.kimg_tag`, unless an earlier snapshot of this run already has that name (a stop or resume within
+        the same kimg as the last tick): then the exact kimg, `000006.048`, so no snapshot replaces another."""
+        tag = self.opts.kimg_tag(cur_nimg)
+        if self._tagged.setdefault(tag, cur_nimg) != cur_nimg:
+            return f"{cur_nimg / 1000:010.3f}"
+        return tag
 
     def _fakes(self, path: Path) -> None:
         with torch.no_grad():
@@ -51,11 +64,11 @@ class SnapshotWriter:
 
     def fakes(self, cur_nimg: int) -> None:
         if self.main:
-            self._fakes(self.run_dir / f"fakes{self.opts.kimg_tag(cur_nimg)}.png")
+            self._fakes(self.run_dir / f"fakes{self.tag(cur_nimg)}.png")
 
     def network(self, nets: dict[str, torch.nn.Module | None], cur_nimg: int, cur_tick: int) -> dict[str, float]:
         """Write `network-snapshot-<KIMG>.safetensors` and measure the run's metrics on it (all processes)."""
-        snapshot = self.run_dir / f"network-snapshot-{self.opts.kimg_tag(cur_nimg)}.safetensors"
+        snapshot = self.run_dir / f"network-snapshot-{self.tag(cur_nimg)}.safetensors"
         if self.main:
             save_snapshot(snapshot, nets, training_set_kwargs=self.opts.training_set_kwargs,
                           meta={"cur_nimg": cur_nimg, "cur_tick": cur_tick})

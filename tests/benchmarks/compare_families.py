@@ -56,16 +56,18 @@ def train(cfg: str, tick_kimg: float, data: str, run_dir: Path, minutes: float, 
     return time.monotonic() - start
 
 
-def snapshot_rows(run_dir: Path) -> list[dict]:
-    """(snapshot, kimg, train_sec) per network snapshot, train_sec from the tick record at that kimg."""
-    ticks = {round(r["Progress/kimg"]["mean"], 3): r["Timing/total_sec"]["mean"]
-             for r in read_jsonl(run_dir / "stats.jsonl")}
+def snapshot_rows(run_dir: Path, tick_kimg: float) -> list[dict]:
+    """(snapshot, kimg, train_sec) per network snapshot, from the tick record it was taken at.
+
+    Snapshot names carry the kimg rounded down (`000002` for 2.016 kimg, the official naming), so each is
+    matched to the nearest tick within half a tick; kimg and seconds are the tick's exact figures."""
+    ticks = {r["Progress/kimg"]["mean"]: r["Timing/total_sec"]["mean"] for r in read_jsonl(run_dir / "stats.jsonl")}
     rows = []
     for snap in sorted(run_dir.glob("network-snapshot-*.safetensors")):
-        kimg = float(snap.stem.split("-")[-1])
-        near = min(ticks, key=lambda k: abs(k - kimg)) if ticks else None
-        if near is not None and abs(near - kimg) <= 0.01:
-            rows.append({"snapshot": snap.name, "kimg": kimg, "train_sec": ticks[near], "path": snap})
+        named = float(snap.stem.split("-")[-1])
+        near = min(ticks, key=lambda k: abs(k - named)) if ticks else None
+        if near is not None and abs(near - named) <= tick_kimg / 2:
+            rows.append({"snapshot": snap.name, "kimg": round(near, 3), "train_sec": ticks[near], "path": snap})
     return rows
 
 
@@ -131,7 +133,7 @@ def main() -> None:
         cfg, _, tick = spec.partition(":")
         run_dir = out / cfg
         ran = None if args.skip_train else train(cfg, float(tick or 1), args.data, run_dir, args.minutes, extra)
-        mine = snapshot_rows(run_dir)
+        mine = snapshot_rows(run_dir, float(tick or 1))
         for r in mine:
             r[args.metric] = evaluate(r.pop("path"), args.metric, args.data, out / "eval")
             r["cfg"] = cfg
