@@ -56,22 +56,23 @@ def train(cfg: str, tick_kimg: float, data: str, run_dir: Path, minutes: float, 
     return time.monotonic() - start
 
 
-def snapshot_rows(run_dir: Path, tick_kimg: float) -> list[dict]:
-    """(snapshot, kimg, train_sec) per network snapshot, from the tick record it was taken at.
+def snapshot_rows(run_dir: Path) -> list[dict]:
+    """(snapshot, kimg, train_sec) per network snapshot: kimg from the snapshot's own header (`meta.cur_nimg`),
+    seconds from the tick record at that kimg (a snapshot is written at the end of its tick)."""
+    from models.serialization.snapshot import read_header
 
-    Snapshot names carry the kimg rounded down (`000002` for 2.016 kimg, the official naming), so each is
-    matched to the nearest tick within half a tick; kimg and seconds are the tick's exact figures."""
-    ticks = {r["Progress/kimg"]["mean"]: r["Timing/total_sec"]["mean"] for r in read_jsonl(run_dir / "stats.jsonl")}
+    ticks = {round(r["Progress/kimg"]["mean"] * 1000): r["Timing/total_sec"]["mean"]
+             for r in read_jsonl(run_dir / "stats.jsonl")}
     rows = []
     for snap in sorted(run_dir.glob("network-snapshot-*.safetensors")):
-        named = float(snap.stem.split("-")[-1])
-        near = min(ticks, key=lambda k: abs(k - named)) if ticks else None
-        if near is not None and abs(near - named) <= tick_kimg / 2:
-            rows.append({"snapshot": snap.name, "kimg": round(near, 3), "train_sec": ticks[near], "path": snap})
+        nimg = (read_header(snap).get("meta") or {}).get("cur_nimg")
+        if nimg in ticks:
+            rows.append({"snapshot": snap.name, "kimg": nimg / 1000, "train_sec": ticks[nimg], "path": snap})
     return rows
 
 
 def evaluate(snapshot: Path, metric: str, data: str, workdir: Path) -> float:
+    workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / f"{snapshot.stem}.{metric}.json"
     if not out.exists():
         subprocess.run([sys.executable, "-m", "stages.evaluate", "--network", str(snapshot), "--metrics", metric,
@@ -133,9 +134,9 @@ def main() -> None:
         cfg, _, tick = spec.partition(":")
         run_dir = out / cfg
         ran = None if args.skip_train else train(cfg, float(tick or 1), args.data, run_dir, args.minutes, extra)
-        mine = snapshot_rows(run_dir, float(tick or 1))
+        mine = snapshot_rows(run_dir)
         for r in mine:
-            r[args.metric] = evaluate(r.pop("path"), args.metric, args.data, out / "eval")
+            r[args.metric] = evaluate(r.pop("path"), args.metric, args.data, out / "eval" / cfg)
             r["cfg"] = cfg
             print(f"{cfg:14s} kimg {r['kimg']:7.3f}  train {r['train_sec']:7.1f} s  {args.metric} {r[args.metric]:.3f}",
                   flush=True)
