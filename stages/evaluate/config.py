@@ -76,7 +76,8 @@ HELP = {
     "truncation_psi": "truncation of the generated images (1 = none)",
     "noise_mode": "per-pixel noise of the generated images",
     "skip_missing_detectors": "skip metrics whose detector file is absent instead of failing",
-    "fid_trace": "eig: tr(sqrt(S1 S2)) from a symmetric eigendecomposition (seconds); sqrtm: scipy (official, ~1 min)",
+    "fid_trace": ("eig: tr(sqrt(S1 S2)) from a symmetric eigendecomposition (~2 s at 2048 dims); "
+                  "sqrtm: scipy (official, 10-60 s)"),
     "precision": ("generator: fp32 as the official code; bf16: synthesis blocks in bfloat16 (CPU 2-5x the official "
                   "fp32 images/s; FD change far below seed-to-seed noise; the record says 'precision': 'bf16')"),
     "feature_precision": ("detectors: fp32 (official) or bf16 autocast (~1.5x faster on CPU, but FD moves by ~1%, "
