@@ -37,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import timing  # noqa: E402
 from parity_official import copy_into_ours, import_official, official_cfg_kwargs, perturb_  # noqa: E402
 
 from models.precision import generator_precision  # noqa: E402
@@ -55,21 +56,8 @@ def twins(N: Any, cfg: str, res: int, seed: int = 0) -> tuple[torch.nn.Module, G
 
 
 def best_rates(fns: dict[str, Any], batch: int, rounds: int, min_time: float) -> dict[str, float]:
-    for fn in fns.values():  # warm-up: allocator, oneDNN primitive cache
-        fn()
-        fn()
-    best = dict.fromkeys(fns, 0.0)
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            n, t0 = 0, time.perf_counter()
-            while True:
-                fn()
-                n += 1
-                dt = time.perf_counter() - t0
-                if dt >= min_time and n >= 2:
-                    break
-            best[name] = max(best[name], n * batch / dt)
-    return {k: round(v, 2) for k, v in best.items()}
+    rates = timing.best_rates(fns, batch, rounds, min_time, warmup=2, min_calls=2)
+    return {k: round(v, 2) for k, v in rates.items()}
 
 
 @torch.no_grad()

@@ -14,7 +14,6 @@ import argparse
 import json
 import platform
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,17 +27,8 @@ from models.presets import network_kwargs, resolve_preset
 from stages.export.onnx_export import export_generator
 from stages.export.parity import make_inputs, ort_session
 
-
-def _rate(fn: Callable[[], object], batch: int, min_time: float, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    n, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        elapsed = time.perf_counter() - t0
-        if elapsed >= min_time and n >= 3:
-            return n * batch / elapsed
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import images_per_second as rate
 
 
 def _generator(res: int) -> Generator:
@@ -53,8 +43,8 @@ def bench_cpu(res: int, batch: int, min_time: float) -> dict:
     feeds = make_inputs(G, batch, (0.7,))
     z, psi = torch.from_numpy(feeds["z"]), 0.7
     sess = ort_session(model, ["CPUExecutionProvider"])
-    eager = _rate(lambda: G(z, None, truncation_psi=psi, noise_mode="const"), batch, min_time)
-    ort_rate = _rate(lambda: sess.run(None, feeds), batch, min_time)
+    eager = rate(lambda: G(z, None, truncation_psi=psi, noise_mode="const"), batch, min_time)
+    ort_rate = rate(lambda: sess.run(None, feeds), batch, min_time)
     return {"resolution": res, "batch": batch, "channel_base": G.synthesis.init_kwargs["channel_base"],
             "torch_eager_img_s": eager, "onnxruntime_cpu_img_s": ort_rate, "ort_speedup": ort_rate / eager}
 
@@ -78,14 +68,14 @@ def bench_gpu(res: int, batches: tuple[int, ...], min_time: float) -> dict:
         feeds = make_inputs(G, b, (0.7,))
         z = torch.from_numpy(feeds["z"]).cuda()
         out[f"batch{b}"] = {
-            "eager_fp32_img_s": _rate(sync_after(lambda z=z: G(z, None, truncation_psi=0.7, noise_mode="const",
+            "eager_fp32_img_s": rate(sync_after(lambda z=z: G(z, None, truncation_psi=0.7, noise_mode="const",
                                                                 force_fp32=True)), b, min_time),
-            "eager_fp16_img_s": _rate(sync_after(lambda z=z: G(z, None, truncation_psi=0.7, noise_mode="const")),
+            "eager_fp16_img_s": rate(sync_after(lambda z=z: G(z, None, truncation_psi=0.7, noise_mode="const")),
                                       b, min_time),
-            "torch_compile_img_s": _rate(sync_after(lambda z=z: compiled(z, None, truncation_psi=0.7,
+            "torch_compile_img_s": rate(sync_after(lambda z=z: compiled(z, None, truncation_psi=0.7,
                                                                          noise_mode="const", force_fp32=True)),
                                          b, min_time, warmup=3),
-            "onnxruntime_cuda_img_s": _rate(lambda feeds=feeds: sess.run(None, feeds), b, min_time),
+            "onnxruntime_cuda_img_s": rate(lambda feeds=feeds: sess.run(None, feeds), b, min_time),
         }
     return out
 

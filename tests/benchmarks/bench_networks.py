@@ -11,7 +11,6 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,19 +21,10 @@ import ops
 from models import Discriminator, Generator
 from models.presets import network_kwargs, resolve_preset
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import images_per_second
+
 CASES = [("cifar", 32, 10), ("auto", 64, 0), ("auto", 128, 0)]
-
-
-def _rate(fn, batch: int, min_time: float, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    n, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        elapsed = time.perf_counter() - t0
-        if elapsed >= min_time and n >= 2:
-            return n * batch / elapsed
 
 
 @torch.no_grad()
@@ -69,8 +59,8 @@ def bench_case(cfg: str, res: int, c_dim: int, batch: int, device: torch.device,
         "batch": batch,
         "G_params": sum(p.numel() for p in G.parameters()),
         "D_params": sum(p.numel() for p in D.parameters()),
-        "G_img_per_s": round(_rate(g_step, batch, min_time, warmup=1), 2),
-        "D_img_per_s": round(_rate(d_step, batch, min_time, warmup=1), 2),
+        "G_img_per_s": round(images_per_second(g_step, batch, min_time, warmup=1, min_calls=2), 2),
+        "D_img_per_s": round(images_per_second(d_step, batch, min_time, warmup=1, min_calls=2), 2),
     }
 
 

@@ -18,8 +18,6 @@ import argparse
 import json
 import platform
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from parity_official_sg3 import REPO_ROOT, import_official
+from timing import best_rates
 
 sys.path.insert(0, str(REPO_ROOT))
 import ops
@@ -37,24 +36,6 @@ CONFIGS = {  # the official train.py --cfg option sets
     "t": dict(channel_base=32768, channel_max=512),
     "r": dict(channel_base=65536, channel_max=1024, conv_kernel=1, use_radial_filters=True),
 }
-
-
-def best_rates(fns: dict[str, Callable[[], Any]], batch: int, rounds: int, min_time: float) -> dict[str, float]:
-    """Best-of-rounds images/s of each callable, measured in turn within every round (shared machine noise)."""
-    for fn in fns.values():
-        fn()  # warm-up: allocator, lazily built filters
-    best = dict.fromkeys(fns, 0.0)
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            n, t0 = 0, time.perf_counter()
-            while True:
-                fn()
-                n += 1
-                elapsed = time.perf_counter() - t0
-                if elapsed >= min_time:
-                    break
-            best[name] = max(best[name], n * batch / elapsed)
-    return best
 
 
 @torch.no_grad()

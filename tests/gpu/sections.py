@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tests.benchmarks.timing import images_per_second
+
 ROOT = Path(__file__).resolve().parents[2]
 NO_CUDA = "no CUDA"
 
@@ -100,15 +102,7 @@ def net_kwargs(cfg: str, res: int, shrink: int) -> tuple[dict, dict]:
 
 def rate(fn: Callable[[], object], batch: int, min_time: float, warmup: int = 2) -> float:
     """Images/s of `fn` (which synchronizes itself), after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    n, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        elapsed = time.perf_counter() - t0
-        if elapsed >= min_time and n >= 3:
-            return round(n * batch / elapsed, 2)
+    return round(images_per_second(fn, batch, min_time, warmup=warmup), 2)
 
 
 def synced(fn: Callable[[], object]) -> Callable[[], object]:
