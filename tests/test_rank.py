@@ -321,7 +321,7 @@ def test_matches_transformers_clip(tmp_path: Path) -> None:
 
 
 def test_absent_model_is_one_line(tmp_path: Path, monkeypatch) -> None:
-    from models.clip import ClipNotFoundError
+    from models.clip import ClipFormatError, ClipNotFoundError, ClipSourceError
 
     monkeypatch.setenv("SG2_OFFLINE", "1")
     monkeypatch.setenv("SG2_CACHE_DIR", str(tmp_path / "cache"))
@@ -329,11 +329,14 @@ def test_absent_model_is_one_line(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(ClipNotFoundError, match=r"ViT-B-32\.pt not found and download disabled \(\$SG2_OFFLINE\); "
                                                 r"put ViT-B-32\.pt in .*cache/clip/ViT-B-32"):
         load_clip("ViT-B/32")
-    with pytest.raises(ClipNotFoundError, match="neither a file, a folder nor a known name"):
+    with pytest.raises(ClipSourceError, match="neither a file, a folder nor a known name"):
         load_clip(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ClipNotFoundError, match="no CLIP weights"):
+    with pytest.raises(ClipSourceError, match="no CLIP weights"):
         load_clip(tmp_path / "empty")
+    (tmp_path / "junk.pt").write_bytes(b"garbage, not a pickle")
+    with pytest.raises(ClipFormatError, match=r"junk\.pt: not a CLIP weight file"):
+        load_clip(tmp_path / "junk.pt")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,15 +529,21 @@ def test_prompt_flag_repeats_and_keeps_commas() -> None:
     assert cfg.prompts == ("a cat, sitting", "a dog") and cfg.clip == "x" and cfg.top_k == 9
 
 
-def test_rank_absent_clip_exit_1(assets, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_rank_absent_clip_is_one_line(assets, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Offline and not cached: the machine's problem (exit 1); a path that is no CLIP model: the user's (exit 2)."""
     monkeypatch.setenv("SG2_OFFLINE", "1")
     monkeypatch.setenv("SG2_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HOME", str(tmp_path))
-    for clip, names in (("ViT-B/32", "ViT-B-32.pt"), (str(tmp_path / "missing"), "missing")):
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x02garbage")
+    for clip, names, code in (("ViT-B/32", "ViT-B-32.pt", 1), (str(tmp_path / "missing"), "missing", 2),
+                              (str(tmp_path / "junk.pt"), "junk.pt", 2)):
         rc = main(["rank", "--network", str(assets["network"]), "--seeds", "0-3", "--prompt", "a dog",
                    "--clip", clip, "--outdir", str(tmp_path / "o")])
         err = capsys.readouterr().err.strip()
-        assert rc == 1 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert rc == code and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        if code == 2 and clip.endswith(".pt"):
+            assert "not a CLIP weight file" in err and "weights_only" not in err, err
+            continue
         assert names in err and "--clip" in err and "generate.rank.clip" in err and "SG2_CACHE_DIR" in err
     # A prompt too long for the model is bad input (exit 2), in one line.
     rc = main(["rank", "--network", str(assets["network"]), "--seeds", "0", "--prompt", "cat " * 80, "--clip",

@@ -16,7 +16,7 @@ layout and cache it) rather than a package:
   encoders against `transformers.CLIPModel` on a random tiny model where transformers is installed.
 """
 
-from models.clip.loading import ClipNotFoundError, available_models, clip_cache_dir, load_clip
+from models.clip.loading import ClipNotFoundError, ClipSourceError, available_models, clip_cache_dir, load_clip
 from models.clip.model import CLIP, CLIPConfig, config_from_state_dict
 from models.clip.preprocess import CLIP_MEAN, CLIP_STD, preprocess
 from models.clip.tokenizer import CLIPTokenizer, PromptTooLongError
@@ -30,6 +30,7 @@ __all__ = [
     "CLIPTokenizer",
     "ClipFormatError",
     "ClipNotFoundError",
+    "ClipSourceError",
     "PromptTooLongError",
     "available_models",
     "build_clip",

@@ -37,6 +37,11 @@ class ClipNotFoundError(NetworkDownloadError):
     absent download, so command lines report it as an environment problem (exit 1)."""
 
 
+class ClipSourceError(FileNotFoundError):
+    """What `--clip` names is not a CLIP model here (no such file, folder or name; a folder without weights):
+    the user's input (exit 2), unlike a known name that cannot be downloaded (ClipNotFoundError, exit 1)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RemoteFile:
     name: str
@@ -192,7 +197,7 @@ def load_clip(
     if path.is_dir():
         weights = _pick(path, WEIGHT_NAMES)
         if weights is None:
-            raise ClipNotFoundError(f"no CLIP weights in {path} (model.safetensors, pytorch_model.bin or *.pt)")
+            raise ClipSourceError(f"no CLIP weights in {path} (model.safetensors, pytorch_model.bin or *.pt)")
         model = _assemble(weights, _tokenizer_files(path), path / CONFIG_FILE, str(path))
     elif path.is_file():
         model = _assemble(path, _tokenizer_files(path.parent), path.parent / CONFIG_FILE, str(path))
@@ -204,7 +209,7 @@ def load_clip(
         weights = next(p for name, p in files.items() if name.endswith((".pt", ".bin")))
         model = _assemble(weights, files, files.get(CONFIG_FILE), f"CLIP model {source!r}")
     else:
-        raise ClipNotFoundError(f"CLIP model not found: {source} is neither a file, a folder nor a known name "
+        raise ClipSourceError(f"CLIP model not found: {source} is neither a file, a folder nor a known name "
                                 f"(known: {', '.join(available_models())})")
     return model.to(device)
 

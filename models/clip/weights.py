@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import re
 import zipfile
 from pathlib import Path
@@ -57,6 +58,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             state = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's own text here is a page about weights_only; say what it means
+        raise ClipFormatError(f"{path}: not a CLIP weight file (a pickle that is not a plain tensor state dict, or "
+                              "not a pickle at all; nothing in it was run)") from exc
     except (RuntimeError, OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise

@@ -313,13 +313,16 @@ def summary_metrics(prompts: Sequence[str], scores: np.ndarray, k: int) -> dict[
 
 def open_clip_model(cfg: RankConfig, device: torch.device) -> Any:
     """`cfg.clip` loaded, or a one-line error naming the settings that provide it."""
-    from models.clip import ClipFormatError, ClipNotFoundError, load_clip
+    from models.clip import ClipFormatError, ClipNotFoundError, ClipSourceError, load_clip
 
+    hint = "(the model is chosen by --clip PATH_OR_NAME, params generate.rank.clip; names are cached in " \
+           "$SG2_CACHE_DIR/clip)"
     try:
         return load_clip(cfg.clip or "", device=device)
-    except ClipNotFoundError as exc:
-        raise EnvironmentFault(f"{exc} (the model is chosen by --clip PATH_OR_NAME, params generate.rank.clip; "
-                               f"names are cached in $SG2_CACHE_DIR/clip)") from None
+    except ClipNotFoundError as exc:  # a known name that is not here and cannot be downloaded
+        raise EnvironmentFault(f"{exc} {hint}") from None
+    except ClipSourceError as exc:  # what the user named is not a CLIP model
+        raise BadInput(f"{exc} {hint}") from None
     except ClipFormatError as exc:
         raise BadInput(f"--clip {cfg.clip}: {exc}") from None
 
