@@ -119,7 +119,30 @@ def test_bad_requests_get_400_with_one_line(export_dir, server):
         (lambda r: (r[0], json.loads(r[1])))(get(server + "/png?seed=x")),
     ):
         assert status == 400 and "\n" not in body["error"], body
+    for status, body in (  # non-finite psi: an error, not black images
+        (lambda r: (r[0], json.loads(r[1])))(get(server + "/png?seed=1&class=0&psi=nan")),
+        post(server + "/png", {"seeds": [1], "class_idx": 0, "truncation_psi": float("inf")}),
+        post(server + "/v2/models/stylegan2_generator/infer", {"inputs": [
+            {"name": "z", "shape": [1, Z], "datatype": "FP32", "data": [0] * Z},
+            {"name": "c", "shape": [1, 3], "datatype": "FP32", "data": [1, 0, 0]},
+            {"name": "truncation_psi", "shape": [1, 1], "datatype": "FP32", "data": ["NaN"]}]}),
+    ):
+        assert status == 400 and "finite" in body["error"] and "\n" not in body["error"], body
     assert get(server + "/nowhere")[0] == 404
+
+    # A huge Content-Length is refused before reading (it used to allocate that much and kill the thread).
+    import http.client
+
+    host, port = server.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.putrequest("POST", "/png")
+    conn.putheader("Content-Length", str(10**11))
+    conn.endheaders()
+    conn.send(b"{}")
+    reply = conn.getresponse()
+    assert reply.status == 400 and "at most" in json.loads(reply.read())["error"]
+    conn.close()
+    assert get(server + "/v2/health/ready")[0] == 200  # and the server still answers
 
 
 @pytest.mark.parametrize("server", [("net.safetensors", "bf16")], indirect=True)

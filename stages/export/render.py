@@ -107,6 +107,8 @@ class Renderer:
               class_idx: int | Sequence[int] | None = None) -> dict[str, np.ndarray]:
         n = len(seeds)
         psis = np.broadcast_to(np.asarray(psi, np.float32).reshape(-1), [n]).reshape(n, 1)
+        if not np.isfinite(psis).all():  # nan/inf give all-black images without a word
+            raise ValueError(f"truncation psi must be a finite number, got {np.asarray(psi).reshape(-1)[:4].tolist()}")
         feeds: dict[str, np.ndarray] = {
             "z": seeds_to_z(list(seeds), self.z_dim).numpy(),
             "truncation_psi": np.ascontiguousarray(psis),

@@ -37,6 +37,9 @@ NUMPY_TO_V2 = {np.dtype(v).name: k for k, v in V2_DTYPES.items()}
 ORT_TO_V2 = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(uint8)": "UINT8"}
 
 
+MAX_BODY_BYTES = 16 * 2**20  # a KServe JSON request of 64 seeds x 512 floats is under 1 MiB
+
+
 class RequestError(ValueError):
     """A malformed request: answered with 400 and {"error": message}."""
 
@@ -84,6 +87,9 @@ def decode_infer_request(body: dict[str, Any], input_names: list[str], max_batch
             feeds[name] = np.asarray(item["data"], dtype=dtype).reshape(shape)
         except (KeyError, TypeError, ValueError) as exc:
             raise RequestError(f"bad input entry {str(item)[:80]}: {type(exc).__name__}: {exc}") from None
+    for name, value in feeds.items():
+        if value.dtype.kind == "f" and not np.isfinite(value).all():  # a nan psi renders black images silently
+            raise RequestError(f"input {name}: values must be finite")
     if sorted(feeds) != sorted(input_names):
         raise RequestError(f"inputs {sorted(feeds)} do not match the model's {sorted(input_names)}")
     batches = {v.shape[0] if v.ndim else -1 for v in feeds.values()}
@@ -125,7 +131,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode(), "application/json")
 
     def _body(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self.close_connection = True  # the body stays unread: it must not be parsed as the next request
+            raise RequestError("bad Content-Length") from None
+        if not 0 <= length <= MAX_BODY_BYTES:  # read no more than a request of max_batch seeds can need
+            self.close_connection = True
+            raise RequestError(f"request body of {length} bytes; at most {MAX_BODY_BYTES} are read")
         try:
             return json.loads(self.rfile.read(length) or b"null")
         except ValueError as exc:
