@@ -536,3 +536,24 @@ def test_official_projected_gan_pickles_are_refused_by_name(tmp_path):
     path.write_bytes(payload)
     with pytest.raises(UnsupportedPickleError, match=r"Projected GAN pickle \(pg_modules.networks_fastgan.Generator\)"):
         load_network(path)
+
+
+def test_generate_commands_accept_a_conditional_fastgan(tmp_path, capsys):
+    """The pipeline's generate stage on a FastGAN run: images and video render with the class; style mixing,
+    which needs per-layer styles FastGAN does not have (num_ws 1), is skipped with a note instead of failing."""
+    from models import save_snapshot
+    from stages.generate.cli import main
+
+    G = calibrated(tiny_G(c_dim=4), c=torch.eye(4)[torch.arange(8) % 4])
+    net = tmp_path / "fastgan.safetensors"
+    save_snapshot(net, {"G": G, "G_ema": G})
+    assert main(["images", "--network", str(net), "--seeds", "0-3", "--class", "2", "--outdir",
+                 str(tmp_path / "img")]) == 0
+    assert len(list((tmp_path / "img").glob("seed*.png"))) == 4
+    assert main(["style-mixing", "--network", str(net), "--rows", "1,2", "--cols", "3", "--styles", "0-6",
+                 "--class", "1", "--outdir", str(tmp_path / "mix")]) == 0
+    assert "nothing to mix, skipped" in capsys.readouterr().err
+    assert not list((tmp_path / "mix").glob("*.png")) if (tmp_path / "mix").exists() else True
+    assert main(["video", "--network", str(net), "--seeds", "0-1", "--w-frames", "2", "--class", "1",
+                 "--output", str(tmp_path / "v.gif")]) == 0
+    assert (tmp_path / "v.gif").stat().st_size > 0

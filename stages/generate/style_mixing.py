@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,10 @@ def style_mixing(G: torch.nn.Module, cfg: StyleMixingConfig) -> list[Path]:
     row_seeds = parse_seeds(cfg.rows, "rows")
     col_seeds = parse_seeds(cfg.cols, "cols")
     styles = parse_seeds(cfg.styles, "styles")
+    if G.num_ws == 1:  # FastGAN: one w drives every layer, so there are no per-layer styles to swap
+        print(f"note: style-mixing: {type(G).__name__} has one w for all layers (num_ws 1); nothing to mix, "
+              "skipped", file=sys.stderr)
+        return []
     bad = [s for s in styles if s >= G.num_ws]
     if bad:
         raise GenerateError(f"--styles {bad[0]} is out of range: the network has ws 0-{G.num_ws - 1}")
