@@ -28,14 +28,7 @@ def test_two_processes_match_one(tmp_path):
     data = make_zip(tmp_path / "toy.zip", labels=True)
     one = train(TrainConfig(data=str(data), run_dir=str(tmp_path / "one"), cond=True, **COMMON))
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in COMMON.items()]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-         "-m", "stages.train", "--cpu", "--cond", "--params=/dev/null", f"--data={data}",
-         f"--run-dir={tmp_path / 'two'}", *flags],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_on_two_processes(29517, "--cond", f"--data={data}", f"--run-dir={tmp_path / 'two'}", *flags)
     assert "(2 processes on cpu)" in (tmp_path / "two" / "log.txt").read_text(), "world size must be 2"
     a, _ = ckpt.load_checkpoint(ckpt.find_latest(one))
     b, _ = ckpt.load_checkpoint(ckpt.find_latest(tmp_path / "two"))
@@ -52,16 +45,22 @@ def test_two_processes_match_one(tmp_path):
     assert moved < 1e-5
 
 
-def _torchrun(tmp_path: Path, data: Path, run: str, port: int, *extra: str) -> None:
+def train_on_two_processes(port: int, *args: str) -> None:
+    """`python -m stages.train --cpu --params=/dev/null ARGS` on 2 CPU processes through torchrun (gloo)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-         "-m", "stages.train", "--cpu", "--params=/dev/null", f"--data={data}", f"--run-dir={tmp_path / run}",
-         "--cfg=tiny", "--batch=4", "--tick-kimg=0.004", "--snap=1", "--keep-checkpoints=10", "--workers=0",
-         "--grid-w=2", "--grid-h=2", "--aug=ada", "--ada-kimg=0.01", *extra],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+         "-m", "stages.train", "--cpu", "--params=/dev/null", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _torchrun(tmp_path: Path, data: Path, run: str, port: int, *extra: str) -> None:
+    train_on_two_processes(
+        port, f"--data={data}", f"--run-dir={tmp_path / run}", "--cfg=tiny", "--batch=4", "--tick-kimg=0.004",
+        "--snap=1", "--keep-checkpoints=10", "--workers=0", "--grid-w=2", "--grid-h=2", "--aug=ada",
+        "--ada-kimg=0.01", *extra)
 
 
 @pytest.mark.slow
@@ -89,14 +88,7 @@ def test_two_processes_match_one_for_stylegan3(tmp_path):
     common = dict(COMMON, cfg="stylegan3-tiny", pl_weight=None, kimg=0.012)
     one = train(TrainConfig(data=str(data), run_dir=str(tmp_path / "one"), cond=True, **common))
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in common.items() if v is not None]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
-         "-m", "stages.train", "--cpu", "--cond", "--params=/dev/null", f"--data={data}",
-         f"--run-dir={tmp_path / 'two'}", *flags],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_on_two_processes(29519, "--cond", f"--data={data}", f"--run-dir={tmp_path / 'two'}", *flags)
     assert "(2 processes on cpu)" in (tmp_path / "two" / "log.txt").read_text(), "world size must be 2"
     from models import load_network
 
