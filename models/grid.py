@@ -7,26 +7,40 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import PIL.Image
 import torch
 
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
+
+def to_uint8(images: ArrayT, drange: tuple[float, float] = (-1.0, 1.0)) -> ArrayT:
+    """Map `drange` to 0..255 and round: for [-1, 1] this is the official `(x * 127.5 + 128).clamp(0, 255)`
+    then truncation, i.e. round half up. Same layout and array type as the input (torch or numpy)."""
+    lo, hi = drange
+    scale = 255 / (hi - lo)
+    if isinstance(images, torch.Tensor):
+        return ((images.float() - lo) * scale + 0.5).clamp(0, 255).to(torch.uint8)
+    return np.clip((np.asarray(images, np.float32) - lo) * scale + 0.5, 0, 255).astype(np.uint8)
+
+
+def nhwc(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[N, C, H, W] -> [N, H, W, C] numpy (on CPU)."""
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    return np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+
 
 def as_uint8_nhwc(images: Any) -> np.ndarray:
-    """[N, H, W, C] uint8 from a float [N, C, H, W] tensor/array in [-1, 1] (the official
-    `(x * 127.5 + 128).clamp(0, 255)` then truncation, as the saved PNGs are made) or a uint8 [N, H, W, C]
-    tensor/array (taken as is)."""
+    """[N, H, W, C] uint8 from a float [N, C, H, W] tensor/array in [-1, 1] (the official conversion, as the
+    saved PNGs are made) or a uint8 [N, H, W, C] tensor/array (taken as is)."""
     if isinstance(images, torch.Tensor):
-        if images.dtype == torch.uint8:
-            images = images.detach().cpu().numpy()
-        else:
-            images = (images.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
-            images = images.permute(0, 2, 3, 1).cpu().numpy()  # [NCHW] -> [NHWC]
+        images = images.detach().cpu()
     images = np.asarray(images)
     if images.dtype != np.uint8:
-        images = np.clip(images.astype(np.float32) * 127.5 + 128, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+        images = nhwc(to_uint8(images)) if images.ndim == 4 else images
     if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
         raise ValueError(f"expected [N, C, H, W] float or [N, H, W, C] uint8 images with 1, 3 or 4 channels, "
                          f"got shape {list(images.shape)}")

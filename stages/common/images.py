@@ -5,33 +5,15 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import PIL.Image
-import torch
 
+from models.grid import nhwc, to_uint8  # the one conversion, re-exported for the stages
 from stages.common.errors import BadInput
 from stages.common.fileio import write_bytes_atomic
 
-ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
-
-
-def to_uint8(images: ArrayT, drange: tuple[float, float] = (-1.0, 1.0)) -> ArrayT:
-    """Map `drange` to 0..255 and round: for [-1, 1] this is the official `(x * 127.5 + 128).clamp(0, 255)`
-    then truncation, i.e. round half up. Same layout and array type as the input (torch or numpy)."""
-    lo, hi = drange
-    scale = 255 / (hi - lo)
-    if isinstance(images, torch.Tensor):
-        return ((images.float() - lo) * scale + 0.5).clamp(0, 255).to(torch.uint8)
-    return np.clip((np.asarray(images, np.float32) - lo) * scale + 0.5, 0, 255).astype(np.uint8)
-
-
-def nhwc(images: torch.Tensor | np.ndarray) -> np.ndarray:
-    """[N, C, H, W] -> [N, H, W, C] numpy (on CPU)."""
-    if isinstance(images, torch.Tensor):
-        images = images.detach().cpu().numpy()
-    return np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+__all__ = ["nhwc", "save_png", "tile", "to_pil", "to_uint8"]
 
 
 def tile(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
