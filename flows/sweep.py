@@ -99,8 +99,8 @@ def check_grid(grid: dict[str, list[str]], params: dict[str, Any]) -> list[dict[
 
 def check_metric(metric: str, params: dict[str, Any]) -> bool:
     """The metric must be one the evaluate stage computes, with its detector at hand; returns lower_is_better."""
-    from stages.evaluate.detectors import check_detector
-    from stages.evaluate.registry import UnknownMetricError, lower_is_better, parse_metric
+    from stages.metrics.detectors import check_detector
+    from stages.metrics.registry import UnknownMetricError, lower_is_better, parse_metric
 
     try:
         spec = parse_metric(metric)

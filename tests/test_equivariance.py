@@ -17,9 +17,9 @@ import torch
 
 from models import Generator, StyleGAN3Generator
 from stages.common.errors import BadInput
-from stages.evaluate import equivariance as eq
-from stages.evaluate.registry import UnknownMetricError, parse_metric
-from stages.evaluate.runner import MetricOptions, compute_metric, compute_metrics
+from stages.metrics import equivariance as eq
+from stages.metrics.registry import UnknownMetricError, parse_metric
+from stages.metrics.runner import MetricOptions, compute_metric, compute_metrics
 from tests.test_metrics import ThreadGroup, make_zip, run_ranks
 
 # ------------------------------------------------------------------------------------------------

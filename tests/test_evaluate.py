@@ -14,8 +14,8 @@ import pytest
 from models import save_snapshot
 from stages.evaluate.cli import main as cli_main
 from stages.evaluate.config import EvaluateConfig
-from stages.evaluate.detectors import OFFLINE_ENV
-from stages.evaluate.runner import MetricOptions, compute_metrics
+from stages.metrics.detectors import OFFLINE_ENV
+from stages.metrics.runner import MetricOptions, compute_metrics
 from tests.test_metrics import make_detector_dir, make_zip, tiny_generator
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from stages.common.dataset import ImageFolderDataset
-from stages.evaluate import detectors, formulas
-from stages.evaluate.detectors import DetectorNotFoundError, find_detector, load_detector
-from stages.evaluate.features import cached_dataset_features, generator_features
-from stages.evaluate.ppl import perceptual_path_length, ppl_distances
-from stages.evaluate.registry import OFFICIAL_METRICS, UnknownMetricError, parse_metric
-from stages.evaluate.runner import MetricOptions, compute_metric
+from stages.metrics import detectors, formulas
+from stages.metrics.detectors import DetectorNotFoundError, find_detector, load_detector
+from stages.metrics.features import cached_dataset_features, generator_features
+from stages.metrics.ppl import perceptual_path_length, ppl_distances
+from stages.metrics.registry import OFFICIAL_METRICS, UnknownMetricError, parse_metric
+from stages.metrics.runner import MetricOptions, compute_metric
 
 # --------------------------------------------------------------------------------------------------------
 # Stand-in detectors and fixtures (imported by test_evaluate too).

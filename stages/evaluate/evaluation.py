@@ -44,8 +44,8 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Run the metrics of `cfg`; returns compute_metrics' {'records', 'skipped'} plus 'results'."""
     import torch
 
-    from stages.evaluate.distributed import from_accelerate, is_main
-    from stages.evaluate.runner import MetricOptions, compute_metrics, flat_results, report_metric, write_metrics_json
+    from stages.metrics.distributed import from_accelerate, is_main
+    from stages.metrics.runner import MetricOptions, compute_metrics, flat_results, report_metric, write_metrics_json
 
     network = resolve_network(cfg.network or "")
     train_dir = find_run_dir(network)  # the training run the snapshot came from: its dataset options

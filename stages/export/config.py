@@ -64,7 +64,7 @@ class ExportConfig:
             raise ConfigError("export.triton_name must be a non-empty name without '/'")
         if not self.registered_model:
             raise ConfigError("export.registered_model must be non-empty")
-        from stages.evaluate.registry import UnknownMetricError, parse_metric
+        from stages.metrics.registry import UnknownMetricError, parse_metric
 
         try:
             parse_metric(self.quality_metric)

@@ -204,7 +204,7 @@ def quality_of(config: ExportConfig) -> tuple[str, float | None, bool]:
     """(metric, value from the metrics file or None, lower is better) for the champion rule."""
     import json
 
-    from stages.evaluate.registry import lower_is_better
+    from stages.metrics.registry import lower_is_better
 
     value = None
     try:

@@ -136,7 +136,7 @@ class ProjectConfig(CommonConfig):
     num_steps: int = 1000
     seed: int = 303                     # seeds the noise init and the w perturbation
     save_video: bool = True             # proj.mp4: target | rendering per step (official default on)
-    detector_dir: str | None = None     # folder holding vgg16.pt (else cache / URL), see stages.evaluate
+    detector_dir: str | None = None     # folder holding vgg16.pt (else cache / URL), see stages.metrics.detectors
     detector_url: str | None = None     # override the VGG16 URL
     # The official optimiser schedule (projector.py); kept here so every number is in params.yaml.
     w_avg_samples: int = 10000

@@ -151,9 +151,9 @@ def synth_uint8(G: torch.nn.Module, ws: torch.Tensor) -> np.ndarray:
 def load_vgg16(cfg: ProjectConfig, device: torch.device) -> Any:
     """The official LPIPS VGG16 (TorchScript): --detector-dir, $SG2_DETECTOR_DIR, cache, then the URL."""
     try:
-        from stages.evaluate.detectors import load_detector
+        from stages.metrics.detectors import load_detector
     except ImportError as exc:
-        raise GenerateError(f"the VGG16 detector loader (stages.evaluate.detectors) is unavailable: {exc}") from exc
+        raise GenerateError(f"the VGG16 detector loader (stages.metrics.detectors) is unavailable: {exc}") from exc
     return load_detector("vgg16", detector_dir=cfg.detector_dir, url=cfg.detector_url, device=device)
 
 

@@ -138,7 +138,7 @@ class TrainConfig:
             raise ConfigError("data: a dataset ZIP or folder is required (--data)")
         if tuple(m.lower() for m in self.metrics) == ("none",):
             object.__setattr__(self, "metrics", ())  # the official spelling of "no metrics"
-        from stages.evaluate.registry import UnknownMetricError, parse_metrics
+        from stages.metrics.registry import UnknownMetricError, parse_metrics
 
         try:
             specs = parse_metrics(list(self.metrics))

@@ -32,8 +32,8 @@ class SnapshotMetrics:
 
     def __call__(self, G_ema: torch.nn.Module, snapshot: Path) -> dict[str, float]:
         """Compute the metrics for `G_ema` (all processes call this); returns {result name: value}."""
-        from stages.evaluate.distributed import from_accelerate, is_main
-        from stages.evaluate.runner import MetricOptions, compute_metrics, flat_results, report_metric
+        from stages.metrics.distributed import from_accelerate, is_main
+        from stages.metrics.runner import MetricOptions, compute_metrics, flat_results, report_metric
 
         group = from_accelerate()
         opts = MetricOptions(detector_dir=self.detector_dir, batch_size=self.batch_size, device=self.device,

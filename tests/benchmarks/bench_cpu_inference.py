@@ -132,8 +132,8 @@ def digits_zip(path: Path, n: int = 1000, res: int = 32) -> Path:
 def fd_noise(N: Any, num_gen: int, tmp: Path) -> dict[str, Any]:
     """FD of one generator against the digits: fp32 (seeds 0, 1: their difference is the noise), G in bf16 with fp32
     features (seeds 0, 1), and G and features both in bf16 (seed 0)."""
-    from stages.evaluate.registry import parse_metric
-    from stages.evaluate.runner import MetricOptions, compute_metric
+    from stages.metrics.registry import parse_metric
+    from stages.metrics.runner import MetricOptions, compute_metric
 
     _, G = twins(N, "cifar", 32, seed=3)
     data = digits_zip(tmp / "digits.zip")

@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from stages.evaluate import formulas
-from stages.evaluate.registry import parse_metric
-from stages.evaluate.runner import MetricOptions, compute_metric
+from stages.metrics.registry import parse_metric
+from stages.metrics.runner import MetricOptions, compute_metric
 from tests.test_metrics import make_detector_dir, make_zip
 
 

@@ -160,7 +160,7 @@ def network_case(off: types.SimpleNamespace, kw: dict[str, Any], seed: int) -> d
 
 @torch.no_grad()
 def equivariance_ops(off: types.SimpleNamespace) -> dict[str, float]:
-    """Our stages.evaluate.equivariance operators vs the official ones, on random images."""
+    """Our stages.metrics.equivariance operators vs the official ones, on random images."""
     from stages.evaluate import equivariance as ours
 
     E = off.equivariance
@@ -224,7 +224,7 @@ def _official_batch_sums(E: Any, Go: torch.nn.Module, ws: torch.Tensor, kind: st
 def equivariance_sums(off: types.SimpleNamespace) -> dict[str, float]:
     """|PSNR difference| in dB of one batch, ours vs the official metric loop body, for the same network, ws,
     translation and angle (the mask counts must agree exactly)."""
-    from stages.evaluate.equivariance import ROTATE_MAX, TRANSLATE_MAX, batch_sums
+    from stages.metrics.equivariance import ROTATE_MAX, TRANSLATE_MAX, batch_sums
 
     out: dict[str, float] = {}
     for name, kw in CASES[:3:2]:  # one -t, one -r
@@ -245,7 +245,7 @@ def equivariance_sums(off: types.SimpleNamespace) -> dict[str, float]:
 
 def equivariance_metrics(off: types.SimpleNamespace, num_samples: int) -> dict[str, dict[str, float]]:
     """EQ-T / EQ-T_frac / EQ-R (dB) of the same unconditional -t and -r networks: ours vs official."""
-    from stages.evaluate.equivariance import equivariance_psnr
+    from stages.metrics.equivariance import equivariance_psnr
 
     out = {}
     for name, kw in CASES:

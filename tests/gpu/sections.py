@@ -411,7 +411,7 @@ def section_features(scale: Scale, work: Path) -> dict[str, Any]:
     inception, label = _inception_standin(work, dev, scale.dry)
     nets["inception"] = {"network": label}
     try:
-        from stages.evaluate.detectors import open_detector
+        from stages.metrics.detectors import open_detector
 
         effnet, _ = open_detector("effnet-lite0", device=dev)
         nets["effnet-lite0"] = {"network": "EfficientNet-Lite0 (ImageNet weights), 224 px"}

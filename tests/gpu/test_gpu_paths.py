@@ -158,7 +158,7 @@ def test_torch_compile_of_generator_inference() -> None:
 
 
 def test_feature_extraction_on_cuda_matches_cpu(tmp_path) -> None:
-    from stages.evaluate.detectors import load_detector_file
+    from stages.metrics.detectors import load_detector_file
     from tests.test_metrics import make_detector_dir
 
     det_dir = make_detector_dir(tmp_path, feature_dim=64)

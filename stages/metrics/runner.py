@@ -21,18 +21,18 @@ from models.precision import check_precision
 from stages.common.config import ConfigError
 from stages.common.fileio import append_jsonl, write_json_atomic
 from stages.common.progress import format_time
-from stages.evaluate import formulas
-from stages.evaluate.detectors import DetectorNotFoundError, check_detector, open_detector
-from stages.evaluate.distributed import ProcessGroup, SingleProcess, is_main
-from stages.evaluate.equivariance import equivariance_psnr, user_transform
-from stages.evaluate.features import (
+from stages.metrics import formulas
+from stages.metrics.detectors import DetectorNotFoundError, check_detector, open_detector
+from stages.metrics.distributed import ProcessGroup, SingleProcess, is_main
+from stages.metrics.equivariance import equivariance_psnr, user_transform
+from stages.metrics.features import (
     FeatureStats,
     cached_dataset_features,
     generator_features,
     get_stats_cache_dir,
 )
-from stages.evaluate.ppl import ppl_distances
-from stages.evaluate.registry import MetricSpec, parse_metrics
+from stages.metrics.ppl import ppl_distances
+from stages.metrics.registry import MetricSpec, parse_metrics
 
 # Detector calls of the official metrics.
 FEATURES = dict(return_features=True)     # Inception pool3 (2048) / VGG16 fc (4096) features

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from stages.evaluate.distributed import ProcessGroup, SingleProcess, gather_rows, is_main, my_batches
-from stages.evaluate.features import _progress, batch_latents, seeded_torch
-from stages.evaluate.formulas import ppl_from_distances, slerp
+from stages.metrics.distributed import ProcessGroup, SingleProcess, gather_rows, is_main, my_batches
+from stages.metrics.features import _progress, batch_latents, seeded_torch
+from stages.metrics.formulas import ppl_from_distances, slerp
 
 # The official code never upsamples; VGG16's five pooling stages need >= 32 px, so smaller (cropped)
 # images are enlarged by nearest-neighbour replication - a choice of ours that only affects tiny generators.

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from ops.upfirdn2d import filter2d, upsample2d
 from stages.common.errors import BadInput
-from stages.evaluate.distributed import ProcessGroup, SingleProcess, is_main, my_batches, sum_arrays
-from stages.evaluate.features import _progress, batch_latents, seeded_torch
+from stages.metrics.distributed import ProcessGroup, SingleProcess, is_main, my_batches, sum_arrays
+from stages.metrics.features import _progress, batch_latents, seeded_torch
 
 EqKind = Literal["eqt_int", "eqt_frac", "eqr"]
 OFFICIAL_BATCH = 4          # images per transform draw (official metric_main)

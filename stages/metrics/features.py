@@ -32,7 +32,7 @@ from models.precision import check_precision, generator_precision
 from models.precision import feature_precision as detector_precision
 from stages.common.fileio import atomic_open
 from stages.common.images import to_uint8
-from stages.evaluate.distributed import ProcessGroup, SingleProcess, gather_rows, is_main, my_batches, sum_arrays
+from stages.metrics.distributed import ProcessGroup, SingleProcess, gather_rows, is_main, my_batches, sum_arrays
 
 Capture = Literal["meancov", "all"]
 STATS_CACHE_ENV = "SG2_METRICS_CACHE_DIR"
