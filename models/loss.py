@@ -56,7 +56,9 @@ class StatsSink(Protocol):
     def report(self, name: str, value: torch.Tensor) -> None: ...
 
 
-class _NoStats:
+class NoStats:
+    """A stats sink that drops everything (a loss used outside a training run)."""
+
     def report(self, name: str, value: torch.Tensor) -> None:
         pass
 
@@ -96,8 +98,15 @@ class StyleGAN2Loss:
         self.blur_init_sigma = blur_init_sigma
         self.blur_fade_kimg = blur_fade_kimg
         self.update_emas_explicitly = update_emas_explicitly
-        self.stats: StatsSink = stats or _NoStats()
+        self.stats: StatsSink = stats or NoStats()
         self.pl_mean = torch.zeros([], device=device)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The loss's own state between steps (per process): the path-length mean a."""
+        return {"pl_mean": self.pl_mean.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.pl_mean.copy_(state["pl_mean"])
 
     def run_G(self, z: torch.Tensor, c: torch.Tensor, update_emas: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         # StyleGAN2-ADA's mapping folds every training-mode batch into w_avg; StyleGAN3's networks track

@@ -4,14 +4,14 @@ presets for CPU.
 The numbers of the official presets are the papers' (StyleGAN2-ADA, Karras et al. 2020, Appendix D and the
 reference implementation's `--cfg` table; StyleGAN3, Karras et al. 2021, and its `train.py`). `auto` is a
 pure function of resolution and GPU count. StyleGAN3 settings that follow from the batch size (EMA
-half-life, magnitude EMA, blur fade) are derived from the actual batch in `stylegan3_batch_rules`.
+half-life, magnitude EMA, blur fade) are derived from the actual batch by the StyleGAN3 family
+(`models.families`), which also turns a preset into network constructor arguments.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Preset:
     pl_weight: float = 2.0   # path-length regularization weight (0 = off)
     style_mixing_prob: float = 0.9
     d_architecture: str = "resnet"
-    family: str = "stylegan2"            # stylegan2 | stylegan3 | projected
+    family: str = "stylegan2"            # a key of models.families.FAMILIES
     d_lrate: float | None = None         # D's Adam lr when it differs from G's (StyleGAN3: 0.002)
     g_reg_interval: int | None = 4       # lazy G regularization; None = no Greg phase, unscaled Adam (StyleGAN3)
     requires_gamma: bool = False         # the official config has no gamma default (StyleGAN3)
@@ -117,102 +117,10 @@ def resolve_preset(name: str, resolution: int, gpus: int = 1) -> Preset:
             gamma=0.0002 * resolution**2 / mb,
             ema=mb * 10 / 32,
         )
-    elif name in ("tiny", "stylegan3-tiny"):
-        spec = dataclasses.replace(spec, gamma=0.0002 * resolution**2 / spec.mb, ema=spec.mb * 10 / 32)
-    elif spec.family == "projected":
-        spec = dataclasses.replace(spec, ema=spec.mb * 10 / 32)
+    else:
+        # The other rows mark with -1 what follows the same heuristics from their fixed batch.
+        if spec.gamma == -1:
+            spec = dataclasses.replace(spec, gamma=0.0002 * resolution**2 / spec.mb)
+        if spec.ema == -1:
+            spec = dataclasses.replace(spec, ema=spec.mb * 10 / 32)
     return spec
-
-
-def stylegan3_batch_rules(batch: int, radial: bool, transfer: bool) -> dict[str, float]:
-    """The StyleGAN3 settings that follow from the global batch (official `train.py`): the G_ema half-life,
-    the magnitude EMA's decay, and for -R the discriminator-input blur (sigma 10 fading out over
-    batch * 200 / 32 kimg; off when starting from pretrained weights)."""
-    return {
-        "ema_kimg": batch * 10 / 32,
-        "magnitude_ema_beta": 0.5 ** (batch / 20_000),
-        "blur_init_sigma": 10.0 if radial and not transfer else 0.0,
-        "blur_fade_kimg": batch * 200 / 32 if radial else 0.0,
-    }
-
-
-def network_kwargs(
-    spec: Preset, img_resolution: int, img_channels: int = 3, c_dim: int = 0
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Constructor kwargs for (Generator, Discriminator), laid out like the official networks' init kwargs
-    (StyleGAN3 generators take their synthesis options flat, as the official class does)."""
-    channel_base = int(spec.fmaps * 32768)
-    if spec.family == "projected":
-        return _projected_kwargs(spec, img_resolution, img_channels, c_dim)
-    if spec.family == "stylegan3":
-        g_kwargs: dict[str, Any] = dict(
-            z_dim=spec.z_dim, c_dim=c_dim, w_dim=spec.w_dim, img_resolution=img_resolution,
-            img_channels=img_channels, mapping_kwargs=dict(num_layers=spec.map),
-            channel_base=channel_base * (2 if spec.radial else 1),
-            channel_max=spec.channel_max * (2 if spec.radial else 1),
-            num_layers=spec.num_layers, num_fp16_res=spec.num_fp16_res, conv_clamp=spec.conv_clamp,
-        )
-        if spec.radial:
-            g_kwargs.update(conv_kernel=1, use_radial_filters=True)
-    else:
-        g_kwargs = _stylegan2_g_kwargs(spec, channel_base, img_resolution, img_channels, c_dim)
-    d_kwargs = dict(
-        c_dim=c_dim,
-        img_resolution=img_resolution,
-        img_channels=img_channels,
-        architecture=spec.d_architecture,
-        channel_base=channel_base,
-        channel_max=spec.channel_max,
-        num_fp16_res=spec.num_fp16_res,
-        conv_clamp=spec.conv_clamp,
-        block_kwargs={},
-        mapping_kwargs={},
-        epilogue_kwargs=dict(mbstd_group_size=spec.mbstd),
-    )
-    return g_kwargs, d_kwargs
-
-
-def _stylegan2_g_kwargs(spec: Preset, channel_base: int, img_resolution: int, img_channels: int,
-                        c_dim: int) -> dict[str, Any]:
-    return dict(
-        z_dim=spec.z_dim,
-        c_dim=c_dim,
-        w_dim=spec.w_dim,
-        img_resolution=img_resolution,
-        img_channels=img_channels,
-        mapping_kwargs=dict(num_layers=spec.map),
-        synthesis_kwargs=dict(
-            channel_base=channel_base,
-            channel_max=spec.channel_max,
-            num_fp16_res=spec.num_fp16_res,
-            conv_clamp=spec.conv_clamp,
-        ),
-    )
-
-
-def _projected_kwargs(spec: Preset, img_resolution: int, img_channels: int, c_dim: int
-                      ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Official Projected GAN `train.py`: FastGAN(-lite) or StyleGAN2 G; the projected D with four
-    discriminators on CCM+CSM projections (cout 64, expand, proj_type 2), separable for StyleGAN2."""
-    if spec.generator == "stylegan2":
-        g_kwargs = _stylegan2_g_kwargs(spec, int(spec.fmaps * 32768), img_resolution, img_channels, c_dim)
-    else:
-        g_kwargs = dict(z_dim=spec.z_dim, c_dim=c_dim, img_resolution=img_resolution, img_channels=img_channels,
-                        ngf=spec.ngf, cond=c_dim > 0, synthesis_kwargs=dict(lite=spec.generator == "fastgan_lite"))
-    backbone = dict(cout=spec.proj_channels, expand=True, proj_type=2, num_discs=4,
-                    separable=spec.generator == "stylegan2", cond=c_dim > 0, ndf=spec.ndf)
-    d_kwargs = dict(c_dim=c_dim, img_resolution=img_resolution, img_channels=img_channels, diffaug=True,
-                    interp224=img_resolution < 224, backbone_kwargs=backbone)
-    return g_kwargs, d_kwargs
-
-
-def network_classes(spec: Preset) -> tuple[str, str]:
-    """Snapshot-registry names of (G, D) for a preset: the training loop builds the networks from them."""
-    if spec.family == "projected":
-        return ("Generator" if spec.generator == "stylegan2" else "FastGANGenerator"), "ProjectedDiscriminator"
-    return ("StyleGAN3Generator" if spec.family == "stylegan3" else "Generator"), "Discriminator"
-
-
-def synthesis_kwargs_of(g_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Where a generator's synthesis options live in its kwargs: nested (StyleGAN2) or flat (StyleGAN3)."""
-    return g_kwargs.get("synthesis_kwargs", g_kwargs)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from models.presets import network_kwargs, resolve_preset
+from models.families import network_kwargs
+from models.presets import resolve_preset
 
 
 @pytest.mark.parametrize(

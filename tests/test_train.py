@@ -112,7 +112,7 @@ def test_resume_is_bit_exact(data, tmp_path):
     resumed = train(cfg(data, tmp_path / "b", steps=2, resume="latest"))
     assert first == resumed
     a, b = latest_state(straight), latest_state(resumed)
-    for key in ("G", "D", "G_ema", "optimizers", "pl_mean", "rng", "sampler_position", "stats"):
+    for key in ("G", "D", "G_ema", "optimizers", "loss", "rng", "sampler_position", "stats"):
         assert_same(a[key], b[key], key)
     assert {k: v for k, v in a["progress"].items() if k != "elapsed_sec"} == \
         {k: v for k, v in b["progress"].items() if k != "elapsed_sec"}
@@ -298,8 +298,10 @@ def test_per_process_state_shares_keep_totals_for_any_process_count():
     assert torch.equal(total["Loss/signs/real"], torch.tensor([8.0, 1.0, 7.0], dtype=torch.float64))
     assert ckpt.share_sums([a, b], 2, 3) == {}
     assert ckpt.share_sums(a, 0, 1) is a       # a checkpoint written before per-process saving
-    assert float(ckpt.share_mean([torch.tensor(1.0), torch.tensor(3.0)], 0, 1)) == 2.0
-    assert float(ckpt.share_mean([torch.tensor(1.0), torch.tensor(3.0)], 1, 2)) == 3.0
+    saved = [{"pl_mean": torch.tensor(1.0)}, {"pl_mean": torch.tensor(3.0)}]
+    assert float(ckpt.share_loss_state(saved, 0, 1)["pl_mean"]) == 2.0   # other count: the mean
+    assert float(ckpt.share_loss_state(saved, 1, 2)["pl_mean"]) == 3.0   # same count: its own
+    assert ckpt.share_loss_state([{}, {}], 0, 1) == {}                     # a loss without state
 
 
 def test_preset_batch_gpu_is_an_upper_bound_and_max_size_counts_images(data):
@@ -403,11 +405,12 @@ def test_stylegan3_trains_resumes_exactly_and_follows_the_official_config(data, 
     assert "pass --gamma" in capsys.readouterr().err
     assert cli_main(["--data", str(data), "--cfg", "stylegan3-t", "--gamma", "2", "--pl-weight", "2",
                      "--outdir", str(tmp_path)]) == 2
-    assert "StyleGAN3 configs train without it" in capsys.readouterr().err
+    assert "--pl-weight: not used by --cfg stylegan3-t (StyleGAN3 configs train without" in capsys.readouterr().err
 
 
 def test_stylegan3_r_blurs_the_discriminator_input_and_fades_it(data):
-    from models.presets import resolve_preset, stylegan3_batch_rules
+    from models.families import stylegan3_batch_rules
+    from models.presets import resolve_preset
     from stages.common.dataset import ImageFolderDataset
     from stages.train.options import resolve_options
 
@@ -473,9 +476,9 @@ def test_a_stop_within_the_kimg_of_the_last_tick_does_not_replace_its_snapshot()
     """Tick at 6.008 kimg writes network-snapshot-000006; SIGTERM at 6.048 used to write the same name over it."""
     import types
 
-    from stages.train.snapshots import SnapshotWriter
+    from stages.train.artifacts import RunArtifacts
 
-    writer = SnapshotWriter.__new__(SnapshotWriter)
+    writer = RunArtifacts.__new__(RunArtifacts)
     writer.opts = types.SimpleNamespace(kimg_tag=lambda nimg: f"{nimg // 1000:06d}")
     writer._tagged = {}
     assert writer.tag(6008) == "000006" and writer.tag(6008) == "000006"  # fakes and network of one tick

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from models.loss import PHASES, StatsSink
+from models.loss import PHASES, NoStats, StatsSink
 
 
 def hinge_d_loss_real(real_logits: torch.Tensor) -> torch.Tensor:
@@ -37,16 +37,11 @@ def g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.mean()
 
 
-class _NoStats:
-    def report(self, name: str, value: torch.Tensor) -> None:
-        pass
-
-
 class ProjectedGANLoss:
     """Runs one training phase and accumulates its gradients, with StyleGAN2Loss's interface.
 
-    Greg and Dreg do nothing (no regularization); Gboth and Dboth are Gmain and Dmain. `pl_mean` is a
-    zero that never changes, kept so checkpoint code written for StyleGAN2Loss works unchanged.
+    Greg and Dreg do nothing (no regularization); Gboth and Dboth are Gmain and Dmain. The hinge loss keeps
+    no state between steps (`state_dict` is empty).
     Distribution is the training loop's business: it all-reduces the gradients this leaves in `.grad`.
     """
 
@@ -56,13 +51,18 @@ class ProjectedGANLoss:
         G_synthesis: Callable[..., torch.Tensor],
         D: Callable[..., torch.Tensor],
         stats: StatsSink | None = None,
-        device: torch.device | str = "cpu",
         synthesis_takes_c: bool = True,   # FastGAN's synthesis embeds c itself; False for StyleGAN2's
     ) -> None:
         self.G_mapping, self.G_synthesis, self.D = G_mapping, G_synthesis, D
         self.synthesis_takes_c = synthesis_takes_c
-        self.stats: StatsSink = stats or _NoStats()
-        self.pl_mean = torch.zeros([], device=device)
+        self.stats: StatsSink = stats or NoStats()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise ValueError(f"Projected GAN's loss has no state; got {sorted(state)}")
 
     def run_G(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         ws = self.G_mapping(z, c)

@@ -241,10 +241,12 @@ def share_sums(saved: Any, rank: int, world: int) -> dict[str, torch.Tensor]:
     return total
 
 
-def share_mean(saved: Any, rank: int, world: int) -> torch.Tensor:
-    """This process's running mean (the path-length mean): its own, else the mean over saved processes."""
-    parts = saved if isinstance(saved, list) else [saved]
-    return parts[rank] if len(parts) == world else torch.stack(list(parts)).mean()
+def share_loss_state(saved: list[dict[str, torch.Tensor]], rank: int, world: int) -> dict[str, torch.Tensor]:
+    """This process's loss state (running means such as the path-length mean): its own, else each entry's mean
+    over the saved processes."""
+    if len(saved) == world:
+        return saved[rank]
+    return {k: torch.stack([part[k] for part in saved]).mean(dim=0) for k in saved[0]} if saved else {}
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:

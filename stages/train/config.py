@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from models.augment import AUGPIPE_SPECS
+from models.families import family_of_preset
 from models.presets import PRESETS
 from stages.common.config import ConfigError
 
@@ -18,16 +19,8 @@ ResumeMode = str  # 'latest' | 'auto' | checkpoint folder | snapshot/pickle path
 DEFAULT_ADA_TARGET = 0.6
 
 
-# Options a family trains without, and which it therefore refuses when given (see TrainConfig.__post_init__).
-FAMILY_UNUSED: dict[str, tuple[str, ...]] = {
-    "stylegan3": ("pl_weight", "style_mixing"),
-    "projected": ("gamma", "pl_weight", "style_mixing", "freezed", "p", "target", "nhwc", "aug"),
-}
-
-
 def _unused_by_family(cfg: str) -> tuple[str, ...]:
-    preset = PRESETS.get(cfg)
-    return FAMILY_UNUSED.get(preset.family, ()) if preset is not None else ()
+    return family_of_preset(cfg).unused_options if cfg in PRESETS else ()
 
 
 @dataclass(frozen=True)
@@ -76,7 +69,7 @@ class TrainConfig:
     p: float | None = None                # fixed augmentation probability (aug=fixed)
     target: float | None = None           # ADA target for r_t (aug=ada; default 0.6)
     augpipe: str = "bgc"
-    ada_kimg: float = 500                 # kimg for p to move by one unit
+    ada_kimg: float | None = None         # kimg for p to move by one unit (None: 500; 100 under transfer learning)
     ada_interval: int = 4                 # ADA adjustment every N minibatches
     tick_kimg: float = 4                  # progress tick length in kimg
     grid_w: int = 0                       # image grid columns (0 = official: fills a 7680x4320 canvas)
@@ -92,13 +85,11 @@ class TrainConfig:
         if preset.requires_gamma and self.gamma is None:
             raise ConfigError(f"gamma: --cfg {self.cfg} has no default R1 weight; pass --gamma (official "
                               "recommendation at batch 32: 0.5 @128, 2 @256, 8 @512, 32 @1024 px)")
-        if preset.family == "stylegan3":
-            for name in ("pl_weight", "style_mixing"):
-                if getattr(self, name):
-                    raise ConfigError(f"{name}: StyleGAN3 configs train without it (official); drop --"
-                                      f"{name.replace('_', '-')} or use a StyleGAN2 config")
-        if preset.family == "projected":
-            self._refuse_for_projected()
+        family = family_of_preset(self.cfg)
+        if given := family.refused(self):
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ConfigError(f"{flags}: not used by --cfg {self.cfg} ({family.trains_without}); drop "
+                              f"{'it' if len(given) == 1 else 'them'}")
         if self.augpipe not in AUGPIPE_SPECS:
             raise ConfigError(f"augpipe: unknown pipeline {self.augpipe!r}; choose one of {', '.join(AUGPIPE_SPECS)}")
         positive = {"kimg": self.kimg, "batch": self.batch, "batch_gpu": self.batch_gpu, "subset": self.subset,
@@ -145,21 +136,9 @@ class TrainConfig:
         except UnknownMetricError as exc:
             raise ConfigError(f"metrics: {exc}") from exc
         equivariance = [s.name for s in specs if s.kind == "eq"]
-        if equivariance and preset.family != "stylegan3":
+        if equivariance and not family.measures_equivariance:
             raise ConfigError(f"metrics: {', '.join(equivariance)} measure StyleGAN3 generators; --cfg {self.cfg} "
                               "trains another family")
-
-    def _refuse_for_projected(self) -> None:
-        """Projected GAN trains with a hinge loss and DiffAugment only: an option it would ignore is an error."""
-        unused = {"gamma": self.gamma, "pl_weight": self.pl_weight, "style_mixing": self.style_mixing,
-                  "freezed": self.freezed or None, "p": self.p, "target": self.target, "nhwc": self.nhwc or None}
-        if self.aug not in (None, "noaug"):
-            unused["aug"] = self.aug
-        given = [name for name, value in unused.items() if value is not None]
-        if given:
-            flags = ", ".join("--" + name.replace("_", "-") for name in given)
-            raise ConfigError(f"{flags}: not used by --cfg {self.cfg} (Projected GAN: hinge loss, DiffAugment in D; "
-                              "no R1, path length, style mixing, ADA or Freeze-D); drop them")
 
     @property
     def aug_mode(self) -> str:
@@ -216,7 +195,7 @@ HELP = {
     "p": "augmentation probability for aug=fixed",
     "target": f"ADA target for the r_t heuristic (default {DEFAULT_ADA_TARGET})",
     "augpipe": "augmentation pipeline (e.g. bgc)",
-    "ada_kimg": "kimg for ADA's p to move by one unit",
+    "ada_kimg": "kimg for ADA's p to move by one unit (default 500; 100 when starting from pretrained weights)",
     "ada_interval": "ADA adjustment every N minibatches",
     "tick_kimg": "progress tick length in kimg",
     "grid_w": "image grid columns (0 = official layout)",

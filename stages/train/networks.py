@@ -1,5 +1,5 @@
-"""The networks of a run: G, D, G_ema and the augmentation pipeline from the resolved options, and
-pretrained weights copied in for transfer learning."""
+"""The networks of a run: G, D, G_ema and the augmentation pipeline from the resolved options, the family's
+loss over them, and pretrained weights copied in for transfer learning."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ from typing import Any
 
 import torch
 
-from models import load_network, make_augment_pipe
+from models.augment import make_augment_pipe
+from models.families import Loss, LossParts
+from models.serialization.loading import load_network
 from models.serialization.snapshot import lookup_class
 from stages.common.config import ConfigError
 from stages.train import checkpoint as ckpt
 from stages.train.options import TrainingOptions
+from stages.train.phases import FrozenMapping
+from stages.train.stats import Tee
 
 
 def build_networks(opts: TrainingOptions, device: torch.device) -> dict[str, torch.nn.Module | None]:
@@ -42,3 +46,13 @@ def transfer_weights(source: str, data: dict[str, Any], nets: dict[str, torch.nn
         if name not in data:
             raise ConfigError(f"resume: {source} has no {name}")
         ckpt.load_module_state(module, data[name].state_dict(), f"resume {source} [{name}]")
+
+
+def build_loss(opts: TrainingOptions, nets: dict[str, torch.nn.Module | None], stats: Tee,
+               device: torch.device) -> Loss:
+    """The family's objective over these networks (StyleGAN2's for StyleGAN2 and 3, the hinge loss for
+    Projected GAN); a frozen mapping (transfer learning) still passes gradients w.r.t. w."""
+    G = nets["G"]
+    mapping = G.mapping if not opts.freeze_mapping else FrozenMapping(G.mapping)
+    parts = LossParts(mapping, G.synthesis, nets["D"], nets["augment_pipe"], stats, device)
+    return opts.family.make_loss(parts, opts.G_class, opts.loss_kwargs)

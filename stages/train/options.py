@@ -13,7 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from models.presets import network_classes, network_kwargs, resolve_preset, stylegan3_batch_rules, synthesis_kwargs_of
+from models.families import Family, family_of, family_of_classes
+from models.presets import resolve_preset
 from stages.common.config import ConfigError, flatten
 from stages.train.config import TrainConfig
 
@@ -75,9 +76,9 @@ class TrainingOptions:
             self.kimg_per_tick < 1
 
     @property
-    def projected(self) -> bool:
-        """Projected GAN: hinge loss against the projected discriminator."""
-        return self.D_class == "ProjectedDiscriminator"
+    def family(self) -> Family:
+        """The model family these networks belong to (from their classes, so old option files answer too)."""
+        return family_of_classes(self.G_class, self.D_class)
 
     def kimg_tag(self, cur_nimg: int) -> str:
         """`000012` (official `network-snapshot-<KIMG>`), or `000000.512` when snapshots are sub-kimg apart."""
@@ -117,24 +118,18 @@ def resolve_options(
         spec = resolve_preset(cfg.cfg, res, num_processes)
     except ValueError as exc:
         raise ConfigError(f"cfg {cfg.cfg}: {exc}") from None
+    family = family_of(spec)
     c_dim = dataset.label_dim if cfg.cond else 0
-    G_kwargs, D_kwargs = network_kwargs(spec, res, dataset.num_channels, c_dim)
-    G_class, D_class = network_classes(spec)
-    # The dicts holding num_fp16_res / conv_clamp: StyleGAN2's synthesis kwargs (nested), StyleGAN3's (flat), the
-    # StyleGAN2 D's. FastGAN and the projected D have no mixed-precision layers of their own.
-    fp16_holders = [kw for kw, cls in ((G_kwargs, G_class), (D_kwargs, D_class))
-                    if cls in ("Generator", "StyleGAN3Generator", "Discriminator")]
-    fp16_holders = [synthesis_kwargs_of(kw) if kw is G_kwargs else kw for kw in fp16_holders]
-    for kw in fp16_holders:
+    G_kwargs, D_kwargs = family.network_kwargs(spec, res, dataset.num_channels, c_dim)
+    G_class, D_class = family.network_classes(spec)
+    for kw in family.fp16_holders(G_kwargs, D_kwargs):
         if cfg.fp32:
             kw.update(num_fp16_res=0, conv_clamp=None)  # official --fp32: no fp16 layers, no activation clamping
         elif device_type != "cuda":
             kw["num_fp16_res"] = 0  # fp16 runs ~36x slower than fp32 on CPU; the clamp stays (GPU fp32 numbers)
-    if cfg.nhwc:
-        if spec.family != "stylegan2":
-            raise ConfigError(f"nhwc: only for StyleGAN2 configs, not {cfg.cfg}")
-        synthesis_kwargs_of(G_kwargs)["fp16_channels_last"] = True
-        D_kwargs["block_kwargs"]["fp16_channels_last"] = True
+    if cfg.nhwc:  # the family refused it already where channels-last is not implemented (TrainConfig)
+        for kw in family.fp16_holders(G_kwargs, D_kwargs):
+            kw.get("block_kwargs", kw)["fp16_channels_last"] = True
     if cfg.freezed:
         D_kwargs["block_kwargs"]["freeze_layers"] = cfg.freezed
 
@@ -144,18 +139,14 @@ def resolve_options(
         raise ConfigError(f"batch_gpu ({batch_gpu}) must be a multiple of the minibatch-std group ({mbstd})")
     transfer = transfer_source is not None
     adam = dict(lr=spec.lrate, betas=list(ADAM_BETAS), eps=ADAM_EPS)
-    loss_kwargs = dict(r1_gamma=cfg.gamma if cfg.gamma is not None else spec.gamma,
-                       pl_weight=spec.pl_weight if cfg.pl_weight is None else cfg.pl_weight,
-                       style_mixing_prob=spec.style_mixing_prob if cfg.style_mixing is None else cfg.style_mixing)
+    loss_kwargs = family.loss_kwargs(spec, cfg)
     ema_kimg = spec.ema
-    if spec.family == "stylegan3":
+    if family.batch_rules is not None:
         # Official StyleGAN3: these follow the actual batch, not the preset's.
-        rules = stylegan3_batch_rules(batch, spec.radial, transfer)
+        rules = family.batch_rules(spec, batch, transfer)
         G_kwargs["magnitude_ema_beta"] = rules["magnitude_ema_beta"]
         loss_kwargs.update(blur_init_sigma=rules["blur_init_sigma"], blur_fade_kimg=rules["blur_fade_kimg"])
         ema_kimg = rules["ema_kimg"]
-    if spec.family == "projected":
-        loss_kwargs = {}  # the hinge loss has no weights to set
     return TrainingOptions(
         G_class=G_class,
         D_class=D_class,
@@ -182,7 +173,7 @@ def resolve_options(
         ada_target=cfg.ada_target,
         ada_interval=cfg.ada_interval,
         # Official: ADA reacts faster when starting from pretrained weights, unless the user chose a speed.
-        ada_kimg=TRANSFER_ADA_KIMG if transfer and cfg.ada_kimg == OFFICIAL_ADA_KIMG else cfg.ada_kimg,
+        ada_kimg=cfg.ada_kimg if cfg.ada_kimg is not None else TRANSFER_ADA_KIMG if transfer else OFFICIAL_ADA_KIMG,
         total_kimg=cfg.kimg if cfg.kimg is not None else spec.kimg,
         kimg_per_tick=cfg.tick_kimg,
         image_snapshot_ticks=cfg.image_snapshot_ticks or cfg.snap,

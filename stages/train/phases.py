@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.loss import StyleGAN2Loss
+from models.families import Loss
 from models.training_rules import lazy_regularization
 from stages.common.errors import StageError
-from stages.train.collectives import Collectives
+from stages.train.context import Collectives, RunContext
 from stages.train.options import TrainingOptions
 
 
@@ -72,11 +72,11 @@ class TrainingStep:
     (seed, batch index, phase, global round), so N processes reproduce one process and a resumed run needs
     no RNG state to continue exactly."""
 
-    def __init__(self, phases: list[Phase], loss: StyleGAN2Loss, dataset: Any, opts: TrainingOptions,
-                 z_dim: int, device: torch.device, coll: Collectives, rank: int, world: int) -> None:
+    def __init__(self, ctx: RunContext, phases: list[Phase], loss: Loss, dataset: Any, opts: TrainingOptions,
+                 z_dim: int) -> None:
         self.phases, self.loss, self.dataset = phases, loss, dataset
         self.seed, self.batch_gpu, self.z_dim = opts.random_seed, opts.batch_gpu, z_dim
-        self.device, self.coll, self.rank, self.world = device, coll, rank, world
+        self.device, self.coll, self.rank, self.world = ctx.device, ctx.coll, ctx.rank, ctx.world
 
     def _latents(self, batch_idx: int, local: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """This process's slice of the global batch's z and labels, one row per phase."""

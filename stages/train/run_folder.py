@@ -7,12 +7,14 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from models.serialization.loading import pretrained_url
 from stages.common.config import ConfigError
 from stages.train import checkpoint as ckpt
 from stages.train.config import TrainConfig
-from stages.train.options import run_description
+from stages.train.context import RunContext
+from stages.train.options import TrainingOptions, config_hash, diff_keys, resolve_options, run_description
 
 # What training writes into a run folder: `auto` clears exactly these before a fresh start in the same
 # folder, and nothing else a user may have put there.
@@ -98,3 +100,24 @@ def clear_outputs(run_dir: Path) -> list[str]:
                 path.unlink()
             removed.append(path.name)
     return removed
+
+
+def decide_run(ctx: RunContext, cfg: TrainConfig, dataset: Any) -> tuple[RunPlan, TrainingOptions, dict]:
+    """The run folder, the resolved options and the run identity. With `resume: auto`, a checkpoint written
+    with other options means a new experiment (DVC keeps the run folder between runs): its outputs are
+    cleared and the run starts over in the same folder; a crash with unchanged options continues."""
+    plan = plan_run(cfg, dataset.name, ctx.world)
+    opts = resolve_options(cfg, dataset, ctx.world, ctx.device.type, transfer_source=plan.transfer_source)
+    ident = opts.identity(dataset.content_hash())
+    if plan.restore_from is not None and cfg.resume == "auto":
+        saved = ckpt.read_meta(plan.restore_from)
+        if saved.get("config_hash") != config_hash(ident):
+            if ctx.main and not cfg.dry_run:
+                changes = "; ".join(diff_keys(saved.get("identity", {}), ident))
+                print(f"options changed since {plan.restore_from.name} ({changes}); starting a new run")
+                clear_outputs(plan.run_dir)
+            ctx.barrier()
+            plan = RunPlan(plan.run_dir, None, None)
+            opts = resolve_options(cfg, dataset, ctx.world, ctx.device.type, transfer_source=None)
+            ident = opts.identity(ident["dataset_hash"])
+    return plan, opts, ident

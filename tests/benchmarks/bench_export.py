@@ -23,7 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from models import Generator
-from models.presets import network_kwargs, resolve_preset
+from models.families import network_kwargs
+from models.presets import resolve_preset
 from stages.export.onnx_export import export_generator
 from stages.export.parity import make_inputs, ort_session
 

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import ops
 from models import Discriminator, Generator
-from models.presets import network_kwargs, resolve_preset
+from models.families import network_kwargs
+from models.presets import resolve_preset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import images_per_second

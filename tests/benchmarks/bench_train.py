@@ -23,8 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from models import Discriminator, Generator
+from models.families import network_kwargs
 from models.loss import StyleGAN2Loss
-from models.presets import network_kwargs, resolve_preset
+from models.presets import resolve_preset
 
 CASES = {"cpu": [("cifar", 32, 10), ("auto", 64, 0)], "cuda": [("paper256", 256, 0)]}  # (preset, res, c_dim)
 

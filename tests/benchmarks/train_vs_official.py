@@ -34,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,8 @@ from models import Discriminator, Generator  # noqa: E402
 from models.loss import StyleGAN2Loss  # noqa: E402
 from models.training_rules import ema_beta  # noqa: E402
 from stages.common.dataset import ImageFolderDataset  # noqa: E402
-from stages.train.collectives import Collectives  # noqa: E402
 from stages.train.config import TrainConfig  # noqa: E402
+from stages.train.context import Collectives, RunContext  # noqa: E402
 from stages.train.options import TrainingOptions, resolve_options  # noqa: E402
 from stages.train.phases import TrainingStep, build_phases, update_ema  # noqa: E402
 from stages.train.state import Progress  # noqa: E402
@@ -189,8 +190,9 @@ class OurIteration:
         self.G_ema = copy.deepcopy(self.G).eval()
         self.loss = StyleGAN2Loss(self.G.mapping, self.G.synthesis, self.D, **opts.loss_kwargs)
         phases = build_phases(self.G, self.D, opts)
-        self.step = TrainingStep(phases, self.loss, dataset, opts, self.G.z_dim, torch.device("cpu"),
-                                 Collectives(False), rank=0, world=1)
+        ctx = RunContext(types.SimpleNamespace(process_index=0, num_processes=1, device=torch.device("cpu"),
+                                               is_main_process=True), Collectives(False))
+        self.step = TrainingStep(ctx, phases, self.loss, dataset, opts, self.G.z_dim)
         self.opts, self.prog = opts, Progress()
 
     def __call__(self, real_u8: torch.Tensor, real_c: torch.Tensor) -> None:

@@ -1,0 +1,76 @@
+"""What every model family answers: its networks, its loss, the options it trains without, its precision rule.
+
+A `Family` is data plus a few functions; the training stage, the option resolution and the checkpoints ask it
+instead of comparing family names. The three families are defined in `stylegan2`, `stylegan3` and `projected`
+beside this module and looked up in `models.families` (the only place a family's name decides anything).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from models.loss import StatsSink
+from models.presets import Preset
+
+
+class Loss(Protocol):
+    """The objective of a family: runs one phase (Gmain, Greg, Gboth, Dmain, Dreg, Dboth) and leaves its
+    gradients in `.grad`; distribution is the training loop's business. `state_dict` holds what the loss
+    itself carries between steps (StyleGAN2's path-length mean; nothing for Projected GAN): per process, saved
+    in every checkpoint and restored by `load_state_dict`."""
+
+    def accumulate_gradients(self, phase: str, real_img: torch.Tensor, real_c: torch.Tensor, gen_z: torch.Tensor,
+                             gen_c: torch.Tensor, gain: float, cur_nimg: int = 0) -> None: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
+@dataclass(frozen=True)
+class LossParts:
+    """What a family's loss is built from (the training loop's objects, nothing resolved here)."""
+
+    G_mapping: Callable[..., torch.Tensor]        # G.mapping, or a frozen stand-in (transfer learning)
+    G_synthesis: Callable[..., torch.Tensor]
+    D: Callable[..., torch.Tensor]
+    augment_pipe: Callable[[torch.Tensor], torch.Tensor] | None
+    stats: StatsSink | None
+    device: torch.device | str
+
+
+# Values of a training option that ask for nothing: a family that trains without the option accepts them.
+_NEUTRAL: tuple[Any, ...] = (None, False, 0, "noaug")
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str                                   # the key in `FAMILIES` and in `Preset.family`
+    title: str                                  # for messages: "StyleGAN2-ADA"
+    generator_classes: tuple[str, ...]          # snapshot-registry names of its generators ...
+    discriminator_classes: tuple[str, ...]      # ... and discriminators (a (G, D) pair names one family)
+    unused_options: tuple[str, ...]             # `train:` options it trains without, so refuses when given
+    trains_without: str                         # why, for the refusal message
+    measures_equivariance: bool                 # EQ-T/EQ-R metrics apply to its generators
+    channels_last: bool                         # `nhwc` for its fp16 layers is implemented
+    network_kwargs: Callable[[Preset, int, int, int], tuple[dict[str, Any], dict[str, Any]]]
+    network_classes: Callable[[Preset], tuple[str, str]]
+    loss_kwargs: Callable[[Preset, Any], dict[str, Any]]             # (preset, TrainConfig-like choices)
+    make_loss: Callable[[LossParts, str, dict[str, Any]], Loss]      # (parts, G class name, loss kwargs)
+    batch_rules: Callable[[Preset, int, bool], dict[str, Any]] | None = None
+    derive_preset: Callable[[Preset, int], Preset] | None = None     # resolution-dependent preset values
+
+    def refused(self, choices: Any) -> list[str]:
+        """The unused options `choices` (a TrainConfig) sets to something that would ask for an effect."""
+        return [name for name in self.unused_options if getattr(choices, name, None) not in _NEUTRAL]
+
+    @staticmethod
+    def fp16_holders(G_kwargs: dict[str, Any], D_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+        """The precision rule's handles: the constructor kwargs holding `num_fp16_res` / `conv_clamp` (StyleGAN2's
+        synthesis kwargs are nested, StyleGAN3's flat; FastGAN and the projected D have no fp16 layers)."""
+        synthesis = G_kwargs.get("synthesis_kwargs", G_kwargs)
+        return [kw for kw in (synthesis, D_kwargs) if "num_fp16_res" in kw]
