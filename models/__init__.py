@@ -6,42 +6,56 @@
     with open("ffhq.pkl", "rb") as f:                   # the official legacy.load_network_pkl(f)
         G = models.load_network_pkl(f)["G_ema"]
 
-CLIP (ranking samples by text) lives in `models.clip` and is imported only when asked for.
-
 `load_network` reads this project's code-free snapshots, official network pickles (without executing
 code stored in them) and URLs. The networks keep the official constructor arguments and state_dict
 names. Nothing here knows about MLflow, DVC or Prefect.
+
+The names below are loaded on first use (PEP 562), so `import models.fileio` or `import models.clip` does not
+import every network: what a pipeline stage imports is what its DVC dependencies say (tests/test_layout.py).
+Code inside the project imports from the submodules; these names are for notebooks and user scripts.
 """
 
-from models.augment import AUGPIPE_SPECS, AugmentParams, AugmentPipe, make_augment_pipe
-from models.grid import grid
-from models.serialization.loading import load_generator, load_network, load_network_pkl
-from models.serialization.official_pickle import UnsafePickleError, UnsupportedPickleError
-from models.serialization.snapshot import SnapshotError, StateMismatchError, load_snapshot, save_snapshot
-from models.stylegan2.discriminator import Discriminator
-from models.stylegan2.generator import Generator
-from models.stylegan2.mapping import MappingNetwork
-from models.stylegan2.synthesis import SynthesisNetwork
-from models.stylegan3.generator import StyleGAN3Generator
+from __future__ import annotations
 
-__all__ = [
-    "AUGPIPE_SPECS",
-    "AugmentParams",
-    "AugmentPipe",
-    "Discriminator",
-    "Generator",
-    "MappingNetwork",
-    "SnapshotError",
-    "StateMismatchError",
-    "StyleGAN3Generator",
-    "SynthesisNetwork",
-    "UnsafePickleError",
-    "UnsupportedPickleError",
-    "grid",
-    "load_generator",
-    "load_network",
-    "load_network_pkl",
-    "load_snapshot",
-    "make_augment_pipe",
-    "save_snapshot",
-]
+import importlib
+from typing import Any
+
+# Imported now, not lazily: `grid` is also the name of its module, which the import system would otherwise bind
+# here as `models.grid` as soon as anything imported the module.
+from models.grid import grid
+
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "AUGPIPE_SPECS": "models.augment",
+    "AugmentParams": "models.augment",
+    "AugmentPipe": "models.augment",
+    "make_augment_pipe": "models.augment",
+    "load_generator": "models.serialization.loading",
+    "load_network": "models.serialization.loading",
+    "load_network_pkl": "models.serialization.loading",
+    "UnsafePickleError": "models.serialization.official_pickle",
+    "UnsupportedPickleError": "models.serialization.official_pickle",
+    "SnapshotError": "models.serialization.snapshot",
+    "StateMismatchError": "models.serialization.snapshot",
+    "load_snapshot": "models.serialization.snapshot",
+    "save_snapshot": "models.serialization.snapshot",
+    "Discriminator": "models.stylegan2.discriminator",
+    "Generator": "models.stylegan2.generator",
+    "MappingNetwork": "models.stylegan2.mapping",
+    "SynthesisNetwork": "models.stylegan2.synthesis",
+    "StyleGAN3Generator": "models.stylegan3.generator",
+}
+
+__all__ = sorted([*_EXPORTS, "grid"])
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

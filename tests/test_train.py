@@ -304,6 +304,20 @@ def test_per_process_state_shares_keep_totals_for_any_process_count():
     assert ckpt.share_loss_state([{}, {}], 0, 1) == {}                     # a loss without state
 
 
+def test_ada_speed_defaults_follow_transfer_learning_and_an_explicit_value_is_kept(data):
+    """Official: p moves by one unit in 500 kimg, 100 when starting from pretrained weights; a speed the user
+    gives is theirs in both cases (500 given explicitly under transfer learning used to become 100)."""
+    from stages.common.dataset import ImageFolderDataset
+    from stages.train.options import resolve_options
+
+    ds = ImageFolderDataset(str(data))
+    speed = {(given, transfer): resolve_options(TrainConfig(data=str(data), cfg="tiny", ada_kimg=given), ds,
+                                                transfer_source="pretrained.pkl" if transfer else None).ada_kimg
+             for given in (None, 500, 37) for transfer in (False, True)}
+    assert speed == {(None, False): 500, (None, True): 100, (500, False): 500, (500, True): 500,
+                     (37, False): 37, (37, True): 37}
+
+
 def test_preset_batch_gpu_is_an_upper_bound_and_max_size_counts_images(data):
     from stages.common.dataset import ImageFolderDataset
     from stages.train.options import resolve_options

@@ -24,7 +24,7 @@ import torch
 from models.clip.model import CLIP
 from models.clip.tokenizer import HF_MERGES_FILE, HF_VOCAB_FILE, OPENAI_BPE_FILE, CLIPTokenizer
 from models.clip.weights import CONFIG_FILE, ClipFormatError, build_clip, read_state_dict
-from models.serialization.fileio import atomic_open, file_sha256
+from models.fileio import atomic_open, file_sha256
 from models.serialization.loading import CACHE_ENV, NetworkDownloadError, download_to
 
 OFFLINE_ENV = "SG2_OFFLINE"

@@ -25,7 +25,7 @@ from models.features.efficientnet_lite import (
     load_efficientnet_lite0,
     resolve_weights,
 )
-from models.serialization.fileio import file_sha256
+from models.fileio import file_sha256
 
 
 class FeatureNetwork(nn.Module):

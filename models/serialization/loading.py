@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import torch
 
-from models.serialization.fileio import atomic_open
+from models.fileio import atomic_open
 from models.serialization.official_pickle import load_official_pickle
 from models.serialization.snapshot import SnapshotError, load_snapshot
 
@@ -33,6 +33,8 @@ RESULT_KEYS = ("G", "D", "G_ema", "augment_pipe", "training_set_kwargs")
 
 class NetworkDownloadError(OSError):
     """A network URL could not be fetched (offline, HTTP error); says which URL and where to put the file."""
+
+    blame = "environment"  # whose fault, for the command-line error boundary (exit codes)
 
 
 class UnknownNetworkError(FileNotFoundError):

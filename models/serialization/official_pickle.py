@@ -45,9 +45,13 @@ from models.serialization.snapshot import load_state_strict, lookup_class
 class UnsafePickleError(pickle.UnpicklingError):
     """The pickle references a global outside the allowlist (possible code execution); names it."""
 
+    blame = "input"  # whose fault, for the command-line error boundary (exit codes)
+
 
 class UnsupportedPickleError(ValueError):
     """A well-formed pickle of a kind this project cannot import (TF StyleGAN2, unknown class, bad kwargs)."""
+
+    blame = "input"  # whose fault, for the command-line error boundary (exit codes)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -16,8 +16,6 @@ it on load.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
 from collections.abc import Mapping
@@ -29,7 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from models.serialization.fileio import atomic_path
+from models.fileio import atomic_path
 
 FORMAT_NAME = "sg2ada-mlops.snapshot"
 FORMAT_VERSION = 1
@@ -41,6 +39,8 @@ _GROUP_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 
 class SnapshotError(ValueError):
     """A snapshot file is not ours, is from an unknown format version, or does not fit the networks."""
+
+    blame = "input"  # whose fault, for the command-line error boundary (exit codes)
 
 
 class StateMismatchError(SnapshotError):
@@ -82,12 +82,9 @@ def _load_default_classes() -> None:
                 StyleGAN3Generator, StyleGAN3MappingNetwork, StyleGAN3SynthesisNetwork, FastGANGenerator,
                 ProjectedDiscriminator):
         _REGISTRY.setdefault(cls.__name__, cls)
-    # The augmentation pipeline arrives later; once `models/augment.py` exists its AugmentPipe is
-    # rebuilt as a module, until then augment state travels as a plain dict (see `TensorGroup`).
-    if "AugmentPipe" not in _REGISTRY and importlib.util.find_spec("models.augment") is not None:
-        cls = getattr(importlib.import_module("models.augment"), "AugmentPipe", None)
-        if isinstance(cls, type) and issubclass(cls, torch.nn.Module):
-            _REGISTRY["AugmentPipe"] = cls
+    from models.augment import AugmentPipe
+
+    _REGISTRY.setdefault("AugmentPipe", AugmentPipe)
     _DEFAULTS_LOADED = True
 
 
@@ -162,8 +159,8 @@ def _init_kwargs_of(module: torch.nn.Module, name: str) -> dict[str, Any]:
 def _is_tensor_group(value: Any) -> bool:
     """A `TensorGroup` is a plain dict `{"class_name", "init_kwargs", "state_dict"}`.
 
-    It stands in for a module whose class is not (yet) part of this project, e.g. an imported official
-    AugmentPipe before our augmentation pipeline exists: its tensors and settings are kept, not lost.
+    It stands in for a module whose class is not part of this project (a file written by a newer version, or
+    an official pickle's object without a class here): its tensors and settings are kept, not lost.
     """
     return isinstance(value, Mapping) and "state_dict" in value and "class_name" in value
 

@@ -60,7 +60,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, help: dict[str,
     for f in dataclasses.fields(cls):
         flags = ["--" + f.name.replace("_", "-"), *(aliases or {}).get(f.name, ())]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        text = f"{help.get(f.name, '')} (default: {default!r})".strip()
+        # argparse %-formats help strings: a literal % (e.g. "~1%") must reach it doubled.
+        text = f"{help.get(f.name, '')} (default: {default!r})".strip().replace("%", "%%")
         tp = hints[f.name]
         if tp in (bool, bool | None):
             parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)

@@ -61,15 +61,16 @@ def debug_requested(argv: list[str] | None = None) -> bool:
 
 def exit_code_for(exc: BaseException) -> int | None:
     """The exit code of an expected failure, or None for a bug (which keeps its traceback)."""
-    from models import SnapshotError, UnsafePickleError, UnsupportedPickleError
-    from models.serialization.loading import NetworkDownloadError
-
     if isinstance(exc, StageError):
         return exc.exit_code
-    if isinstance(exc, NetworkDownloadError):
-        return EXIT_ENVIRONMENT  # offline, or the server refused: not the user's input
-    if isinstance(exc, SnapshotError | UnsafePickleError | UnsupportedPickleError | pickle.UnpicklingError
-                   | zipfile.BadZipFile | json.JSONDecodeError | UnicodeDecodeError):
+    # The network layer's exceptions say whose fault they are with a `blame` class attribute ("input": a file
+    # that is not what it claims to be, a refused pickle; "environment": offline, a server that refused), so
+    # this boundary needs no import of the network code.
+    blame = getattr(type(exc), "blame", None)
+    if blame == "environment":
+        return EXIT_ENVIRONMENT
+    if blame == "input" or isinstance(exc, pickle.UnpicklingError | zipfile.BadZipFile | json.JSONDecodeError
+                                      | UnicodeDecodeError):
         return EXIT_BAD_INPUT
     if isinstance(exc, OSError):
         return EXIT_ENVIRONMENT if exc.errno in _ENVIRONMENT_ERRNOS else EXIT_BAD_INPUT

@@ -1,4 +1,4 @@
-"""File I/O every stage shares: atomic writes (one implementation, in `models.serialization.fileio`) and
+"""File I/O every stage shares: atomic writes (one implementation, in `models.fileio`) and
 JSON-lines logs that a crash may have cut short."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from models.serialization.fileio import (
+from models.fileio import (
     atomic_open,
     atomic_path,
     fsync_dir,

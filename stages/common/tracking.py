@@ -1,4 +1,6 @@
-"""MLflow for every stage behind one small interface, so no stage imports MLflow itself.
+"""MLflow experiment tracking for every stage behind one small interface (runs, params, metrics, artifacts). The
+one place that uses MLflow's API directly is the model registry of the export stage (`stages/export/registry.py`
+and its `register`: pyfunc models, versions, aliases), which this interface does not cover.
 
 One switch, one rule: a stage logs to MLflow when its `mlflow` option is true (`--mlflow`, or
 `mlflow: true` in its params.yaml section) or when SG2_MLFLOW is 1/true/yes/on. Where: the tracking

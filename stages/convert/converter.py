@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from models import load_network, save_snapshot
-from models.serialization.loading import fetch_url, is_url, resolve_network_path
+from models.serialization.loading import fetch_url, is_url, load_network, resolve_network_path
+from models.serialization.snapshot import save_snapshot
 from models.serialization.tf_pickle import is_tf_pickle
 from stages.common.config import ConfigError
 

@@ -28,7 +28,7 @@ from typing import Any
 import onnx
 import torch
 
-from models import load_generator
+from models.serialization.loading import load_generator
 from stages.common.errors import CheckFailed
 from stages.common.fileio import write_json_atomic, write_text_atomic
 from stages.export import onnx_export as ox

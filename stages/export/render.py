@@ -76,7 +76,7 @@ class Renderer:
             raise BadInput(f"{self.path}: not a generator graph (inputs {self.input_names}; need z, truncation_psi)")
 
     def _init_torch(self) -> None:
-        from models import load_generator
+        from models.serialization.loading import load_generator
 
         self._trt = None
         self._torch = load_generator(self.path)

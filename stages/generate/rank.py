@@ -329,7 +329,7 @@ def open_clip_model(cfg: RankConfig, device: torch.device) -> Any:
 
 def run_rank(cfg: RankConfig, progress: bool = True) -> tuple[list[Path], dict[str, float]]:
     """Rank `cfg.seeds` rendered by `cfg.network` (or the images of `cfg.images`) against `cfg.prompts`."""
-    from models import load_generator
+    from models.serialization.loading import load_generator
     from stages.common.device import resolve_device
     from stages.common.progress import progress_bar
 

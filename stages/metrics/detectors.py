@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from models.serialization.fileio import file_sha256
+from models.fileio import file_sha256
 from stages.common.errors import EnvironmentFault
 from stages.common.fileio import atomic_open
 

@@ -206,7 +206,7 @@ def compute_metrics(
     if isinstance(network_pkl_or_G, torch.nn.Module):
         G = network_pkl_or_G
     else:
-        from models import load_network
+        from models.serialization.loading import load_network
 
         net = load_network(network_pkl_or_G)
         G = net["G_ema"] if net.get("G_ema") is not None else net["G"]

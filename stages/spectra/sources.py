@@ -70,7 +70,7 @@ def seed_latents(seeds: list[int], z_dim: int, c_dim: int) -> tuple[torch.Tensor
 def network_images(network: str, num: int | None, seed: int, batch_size: int, device: torch.device) -> ImageSource:
     if num is None:
         raise BadInput("--num is required when --source is a network (how many images to render)")
-    from models import load_generator
+    from models.serialization.loading import load_generator
 
     G = load_generator(network, device)
 
