@@ -51,5 +51,6 @@ PROJECTED = Family(
                                   "ProjectedDiscriminator"),
     loss_kwargs=lambda spec, choices: {},   # the hinge loss has no weights to set
     make_loss=_make_loss,
+    autocast_training=True,
     derive_preset=lambda spec, resolution: dataclasses.replace(spec, ema=spec.mb * 10 / 32),
 )

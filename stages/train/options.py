@@ -64,6 +64,7 @@ class TrainingOptions:
     allow_tf32: bool
     grid_size: list[int]                      # fakes grid [columns, rows]; 0 = official layout
     device: str
+    training_precision: str = "fp32"          # fp32 | bf16 (blocks in bfloat16, float32 master weights)
 
     @property
     def total_nimg(self) -> int:
@@ -91,6 +92,8 @@ class TrainingOptions:
         """What a checkpoint must agree with to be resumed; the dataset is compared by content, not path."""
         ident = {k: v for k, v in self.as_json().items() if k not in RESUMABLE_KEYS}
         ident["training_set_kwargs"] = {k: v for k, v in self.training_set_kwargs.items() if k != "path"}
+        if self.training_precision == "fp32":
+            del ident["training_precision"]  # runs from before the option existed keep their identity
         return dict(ident, dataset_hash=dataset_hash, transfer=self.resume_pkl is not None)
 
 
@@ -186,6 +189,7 @@ def resolve_options(
         allow_tf32=cfg.allow_tf32,
         grid_size=[cfg.grid_w, cfg.grid_h],
         device=device_type,
+        training_precision=cfg.precision,
     )
 
 

@@ -77,6 +77,7 @@ class TrainingStep:
         self.phases, self.loss, self.dataset = phases, loss, dataset
         self.seed, self.batch_gpu, self.z_dim = opts.random_seed, opts.batch_gpu, z_dim
         self.device, self.coll, self.rank, self.world = ctx.device, ctx.coll, ctx.rank, ctx.world
+        self.family, self.precision = opts.family, opts.training_precision
 
     def _latents(self, batch_idx: int, local: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """This process's slice of the global batch's z and labels, one row per phase."""
@@ -110,8 +111,9 @@ class TrainingStep:
                 # gain / rounds: the accumulated gradient is the mean over the global batch however it is split
                 # into rounds and processes (the official loop sums round means, so its gradient scale changed
                 # with batch_gpu; Adam hides most, not all, of that through eps).
-                self.loss.accumulate_gradients(phase.name, real, rc, z, c, gain=phase.interval / rounds,
-                                               cur_nimg=cur_nimg)
+                with self.family.training_precision(self.precision, self.device.type, phase.name):
+                    self.loss.accumulate_gradients(phase.name, real, rc, z, c, gain=phase.interval / rounds,
+                                                   cur_nimg=cur_nimg)
             for p in phase.params:
                 p.requires_grad_(False)
             if not reduce_gradients(phase.params, self.coll):
