@@ -16,7 +16,7 @@ export DVC_NO_ANALYTICS=1
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: venv test test-all lint bench demo ui repro clean-venv gpu-check bench-cpu
+.PHONY: venv test test-all lint bench demo ui repro clean-venv gpu-check bench-cpu browser test-browser bench-serve
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,10 +39,22 @@ venv: $(STAMP) $(OFFLINE_WEIGHTS)
 lint: venv
 	$(VENV)/bin/ruff check .
 
+# Debian's chromium (apt-get) and Playwright (pip) for the browser tests (tests/test_explore_browser.py); quick
+# when present. NO_BROWSER=1 skips the install, and the browser tests then skip with the reason.
+browser: venv
+	@if [ -z "$(NO_BROWSER)" ]; then VENV=$(VENV) infra/install/browser.sh; fi
+
 # Fast suite (< 10 min on 2 cores); `slow` end-to-end checks run in test-all.
-test: venv
+test: venv browser
 	$(VENV)/bin/ruff check .
-	SG2_REQUIRE_OFFLINE_WEIGHTS=1 $(PY) -m pytest -q -m "not slow"
+	SG2_REQUIRE_OFFLINE_WEIGHTS=1 SG2_REQUIRE_BROWSER=$(if $(NO_BROWSER),0,1) $(PY) -m pytest -q -m "not slow"
+
+test-browser: browser
+	SG2_REQUIRE_BROWSER=1 $(PY) -m pytest -q tests/test_explore.py tests/test_explore_browser.py
+
+# Load on the serve command (1/4/16 clients, ONNX fp32 and bf16, batched vs not); idle machine only.
+bench-serve: venv
+	$(PY) tests/benchmarks/bench_serve_load.py
 
 test-all: venv
 	$(PY) -m pytest -q

@@ -10,8 +10,9 @@
 code stored in them) and URLs. The networks keep the official constructor arguments and state_dict
 names. Nothing here knows about MLflow, DVC or Prefect.
 
-The names below are loaded on first use (PEP 562), so `import models.fileio` or `import models.clip` does not
-import every network: what a pipeline stage imports is what its DVC dependencies say (tests/test_layout.py).
+The names below are loaded on first use (PEP 562), so `import models.fileio` imports no torch and
+`import models.clip` does not import every network: what a pipeline stage imports is what its DVC dependencies
+say (tests/test_layout.py).
 Code inside the project imports from the submodules; these names are for notebooks and user scripts.
 """
 
@@ -20,16 +21,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# Imported now, not lazily: `grid` is also the name of its module, which the import system would otherwise bind
-# here as `models.grid` as soon as anything imported the module.
-from models.grid import grid  # noqa: F401  (a public name, listed in __all__)
-
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
     "AUGPIPE_SPECS": "models.augment",
     "AugmentParams": "models.augment",
     "AugmentPipe": "models.augment",
     "make_augment_pipe": "models.augment",
+    "grid": "models.image_grid",
     "load_generator": "models.serialization.loading",
     "load_network": "models.serialization.loading",
     "load_network_pkl": "models.serialization.loading",
@@ -46,7 +44,7 @@ _EXPORTS: dict[str, str] = {
     "StyleGAN3Generator": "models.stylegan3.generator",
 }
 
-__all__ = sorted([*_EXPORTS, "grid"])
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

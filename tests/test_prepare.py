@@ -455,3 +455,31 @@ def test_cli_help_and_params_file(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert read_zip(tmp_path / "p.zip")[0][0].shape == (8, 8, 3)  # the flag beat params.yaml
+
+
+def test_a_run_imports_no_torch_and_no_network_code(tmp_path):
+    """prepare needs numpy and Pillow, no network code: torch costs ~250 MB more peak RSS in the command and in
+    every forked worker, and seconds of CPU before the first image (issue 26: 301 MB instead of 49 MB, when
+    models/__init__.py imported the image grid and with it torch). The atomic writes of `models.fileio` are the
+    one models module it may load. A whole run, workers included, in a fresh interpreter."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        (src / f"{i}.png").write_bytes(png_bytes(smooth(16, 16, 3, i)))
+    argv = ["--params", os.devnull, "--source", str(src), "--dest", str(tmp_path / "o.zip"), "--workers", "2",
+            "--no-progress"]
+    script = (
+        "import json, sys\n"
+        "from stages.prepare.cli import main\n"
+        f"code = main({argv!r})\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('models', 'ops', 'torch', 'torchvision')\n"
+        "               and m not in ('models', 'models.fileio'))\n"
+        "print(json.dumps({'code': code, 'heavy': heavy}))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root,
+                         env=dict(os.environ, PYTHONPATH=str(root)))
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"code": 0, "heavy": []}
+    assert len(read_zip(tmp_path / "o.zip")[0]) == 4

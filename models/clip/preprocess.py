@@ -16,7 +16,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from models.grid import as_uint8_nhwc, to_pil
+from models.image_grid import as_uint8_nhwc, to_pil
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

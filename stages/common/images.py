@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from models.grid import nhwc, to_uint8  # the one conversion, re-exported for the stages
+from models.image_grid import nhwc, to_uint8  # the one conversion, re-exported for the stages
 from stages.common.errors import BadInput
 from stages.common.fileio import write_bytes_atomic
 

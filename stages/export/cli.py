@@ -79,7 +79,8 @@ def serve(args: argparse.Namespace) -> None:
     server = make_server(cfg)
     host, port = server.server_address[:2]
     print(f"serving {cfg.model} as '{cfg.name}' on http://{host}:{port} (GET /png?seed=0, POST /v2/models/"
-          f"{cfg.name}/infer); Ctrl-C stops", flush=True)
+          f"{cfg.name}/infer); batching: {f'{cfg.batch_window_ms:g} ms window' if cfg.batch_window_ms else 'off'}, "
+          f"max batch {cfg.max_batch}; Ctrl-C stops", flush=True)
     try:
         server.serve_forever()
     finally:

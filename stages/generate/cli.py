@@ -10,6 +10,9 @@
                   rank/<prompt>/topNN.png and the top-k images, plus rank/scores.csv; skipped with a note
                   when no prompts or no CLIP model are configured (the pipeline's default)
     convert       TensorFlow or PyTorch StyleGAN2(-ADA) pickle -> .safetensors snapshot
+    explore       a web page on 127.0.0.1 to browse the network: seeds, truncation, classes, interpolation,
+                  style mixing, StyleGAN3 translate/rotate and FFT, snapshots of a run, two networks side by
+                  side (--compare); see docs/explorer.md
 
 Defaults come from the `generate:` section of params.yaml (shared keys, then the command's own
 sub-section); flags override them. Exit status: 0 done, 1 environment (offline detector download, disk),
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,9 +31,9 @@ from typing import Any
 
 from stages.common.cli import OneLineParser, add_common_flags, add_config_flags, load_config, run_stage
 from stages.common.config import load_params, params_section
-from stages.convert import cli as convert_cli
 from stages.generate.config import (
     CommonConfig,
+    ExploreConfig,
     GenerateError,
     ImagesConfig,
     ProjectConfig,
@@ -47,6 +51,7 @@ COMMANDS: dict[str, tuple[type[CommonConfig], str]] = {
     "video": (VideoConfig, "latent interpolation video"),
     "project": (ProjectConfig, "project an image into W"),
     "rank": (RankConfig, "rank samples (or a folder of images) by text prompts with CLIP"),
+    "explore": (ExploreConfig, "browse the network in a web page (127.0.0.1)"),
 }
 
 HELP = {
@@ -84,7 +89,30 @@ HELP = {
     "clip": "CLIP folder, weight file, or name: ViT-B/32, openai/clip-vit-base-patch32 (cached in $SG2_CACHE_DIR)",
     "top_k": "images kept per prompt",
     "images": "rank the images of this folder instead of rendering --seeds",
+    # explore
+    "compare": "a second network side by side on the same seeds (snapshot, run folder, models:/NAME@ALIAS)",
+    "host": "listen address (127.0.0.1; 0.0.0.0 shows the page to other machines)",
+    "port": "TCP port (0 = any free port, printed at start)",
+    "seed2": "interpolation: the other seed",
+    "interp_frames": "interpolation loop: frames from one seed to the other",
+    "interp_fps": "interpolation loop: frames per second (at most)",
+    "mix_rows": "style-mixing panel: row seeds",
+    "mix_cols": "style-mixing panel: column seeds",
+    "mix_styles": "style-mixing panel: ws taken from the column seed, e.g. 0-6",
+    "max_mix_seeds": "style-mixing panel: most row (and column) seeds",
+    "batch_window_ms": "dynamic batching: requests within this window share a batch (0 = off)",
+    "max_queue": "images waiting to render; more are answered 503",
+    "max_connections": "open connections; more are answered 503",
+    "timeout_s": "idle connection / queued request limit (seconds)",
+    "max_body_bytes": "largest JSON body of POST /api/image",
+    "cache_networks": "generators kept loaded (snapshot picker, --compare)",
+    "fft_range_db": "FFT view: dB span of the colour map",
+    "fft_beta": "FFT view: Kaiser window beta",
+    "png_compress_level": "PNG deflate level 0-9 (1: fast)",
+    "open_browser": "open the page in the default browser",
 }
+# explore's --seed is the page's first seed, and --batch-size the most images one batch of requests holds.
+EXPLORE_HELP = {**HELP, "seed": "the page's first seed", "batch_size": "most images rendered in one batch"}
 
 
 def add_repeatable_flag(parser: argparse.ArgumentParser, field: str, flags: Sequence[str], metavar: str) -> None:
@@ -103,14 +131,24 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text,
                            conflict_handler="resolve" if cls is RankConfig else "error")
         add_common_flags(p)
-        add_config_flags(p, cls, HELP, aliases={"class_idx": ["--class"]})
+        add_config_flags(p, cls, EXPLORE_HELP if cls is ExploreConfig else HELP, aliases={"class_idx": ["--class"]})
         if cls is RankConfig:
             add_repeatable_flag(p, "prompts", ["--prompt", "--prompts"], "TEXT")
-    p = sub.add_parser("convert", help="TF or PyTorch network pickle -> .safetensors snapshot",
-                       description=convert_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_flags(p)
-    convert_cli.add_flags(p)
+    # `convert` is the convert stage's command under this name too (the official tools keep it next to generate);
+    # `main` hands it to `python -m stages.convert` before parsing, so this stage imports no other stage's engine.
+    sub.add_parser("convert", help="TF or PyTorch network pickle -> .safetensors snapshot (python -m stages.convert)",
+                   add_help=False)
     return parser
+
+
+def forward_to_convert(args: Sequence[str]) -> int:
+    """`python -m stages.generate convert ...` = `python -m stages.convert ...`, run as its own process; its
+    output passes through this process's streams."""
+    proc = subprocess.run([sys.executable, "-m", "stages.convert", *args], capture_output=True, text=True,
+                          check=False)
+    sys.stdout.write(proc.stdout)
+    sys.stderr.write(proc.stderr)
+    return proc.returncode
 
 
 def config_for(command: str, args: argparse.Namespace) -> CommonConfig:
@@ -126,8 +164,8 @@ def run_command(command: str, cfg: CommonConfig, progress: bool = True) -> tuple
         from stages.generate.rank import run_rank
 
         return run_rank(cfg, progress=progress)  # type: ignore[arg-type]
-    from models import load_generator
     from models.precision import generator_precision
+    from models.serialization.loading import load_generator
     from stages.common.device import resolve_device
     from stages.generate.images import generate_images
     from stages.generate.projector import run_projection
@@ -199,14 +237,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: the command comes first: {PROG} <{'|'.join([*COMMANDS, 'convert'])}> "
               f"[options]; got {argv[0]} (see --help)", file=sys.stderr)
         return 2
+    if argv and argv[0] == "convert":
+        return forward_to_convert(argv[1:])
 
     def body(args: argparse.Namespace) -> None:
-        if args.command == "convert":
-            convert_cli.run(args)
-            return
         from stages.common.tracking import make_tracker
 
         cfg = config_for(args.command, args)
+        if isinstance(cfg, ExploreConfig):  # a server, not a render: nothing written, nothing to log
+            from stages.generate.explore import run_explore
+
+            run_explore(cfg)
+            return
         if isinstance(cfg, RankConfig):
             if args.images is not None and args.network is not None:
                 raise GenerateError("--images and --network exclude each other (rank a folder, or render seeds)")

@@ -21,7 +21,7 @@ from stages.common.config import ConfigError
 from stages.common.seeds import parse_grid, parse_seeds
 
 NoiseMode = Literal["const", "random", "none"]
-COMMAND_SECTIONS = ("images", "style_mixing", "video", "project", "rank")
+COMMAND_SECTIONS = ("images", "style_mixing", "video", "project", "rank", "explore")
 
 
 class GenerateError(ConfigError):
@@ -192,6 +192,70 @@ class RankConfig(CommonConfig):
     def configured(self) -> bool:
         """Whether there is something to rank with: prompts and a CLIP model."""
         return bool(self.prompts) and bool(self.clip)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExploreConfig(CommonConfig):
+    """`explore`: one web page on 127.0.0.1 to browse a generator (stages.generate.explore). `trunc`,
+    `trunc_cutoff`, `noise_mode` and `class_idx` are the page's first settings; `batch_size` is the most images
+    rendered in one batch."""
+
+    compare: str | None = None          # a second network shown side by side on the same seeds (same forms as
+                                        # --network: snapshot, run folder, models:/name@alias, URL)
+    host: str = "127.0.0.1"             # listen address; 0.0.0.0 shows the page to other machines
+    port: int = 8765                    # 0 = any free port (the address is printed)
+    seed: int = 0                       # the page's first seed
+    seed2: int = 1                      # interpolation: the other seed
+    interp_frames: int = 24             # interpolation loop: frames from one seed to the other
+    interp_fps: float = 8.0             # interpolation loop: frames per second (at most; slower when rendering is)
+    mix_rows: str = "85,100,75"         # style-mixing panel: row seeds (coarse..fine styles kept)
+    mix_cols: str = "55,821,1789"       # style-mixing panel: column seeds (the `mix_styles` layers taken)
+    mix_styles: str = "0-6"             # style-mixing panel: ws taken from the column seed (clipped to num_ws)
+    max_mix_seeds: int = 6              # style-mixing panel: at most this many row and column seeds
+    batch_window_ms: float = 5.0        # dynamic batching: requests within this window share a batch (0 = off)
+    max_queue: int = 64                 # images waiting to render; more -> 503 (the page retries)
+    max_connections: int = 32           # open connections (one thread each); more -> 503
+    timeout_s: float = 30.0             # idle connections are closed; a request queued this long gets 503
+    max_body_bytes: int = 65536         # POST /api/image JSON bodies
+    cache_networks: int = 4             # generators kept loaded (snapshot picker, side by side)
+    fft_range_db: float = 50.0          # FFT view: dB span of the colour map (official visualizer default)
+    fft_beta: float = 8.0               # FFT view: Kaiser window beta (official visualizer default)
+    png_compress_level: int = 1         # 0-9: PNG deflate effort; 1 = fast, for a local link
+    open_browser: bool = False          # open the page in the default browser at start
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.port <= 65535:
+            raise GenerateError("--port must be in 0..65535")
+        if not self.host:
+            raise GenerateError("--host must not be empty")
+        for name in ("seed", "seed2"):
+            if not 0 <= getattr(self, name) < 2**32:
+                raise GenerateError(f"--{name} must be in [0, 2**32)")
+        if not 2 <= self.interp_frames <= 1000:
+            raise GenerateError("--interp-frames must be in 2..1000")
+        if not 0.1 <= self.interp_fps <= 60:
+            raise GenerateError("--interp-fps must be in 0.1..60")
+        if not 1 <= self.max_mix_seeds <= 16:
+            raise GenerateError("--max-mix-seeds must be in 1..16")
+        for name in ("mix_rows", "mix_cols"):
+            if len(parse_seeds(getattr(self, name), name)) > self.max_mix_seeds:
+                raise GenerateError(f"--{name.replace('_', '-')}: at most {self.max_mix_seeds} seeds (max_mix_seeds)")
+        parse_seeds(self.mix_styles, "mix-styles")
+        if not 0 <= self.batch_window_ms <= 1000:
+            raise GenerateError("--batch-window-ms must be in 0..1000")
+        if not 1 <= self.max_queue <= 100_000 or not 1 <= self.max_connections <= 10_000:
+            raise GenerateError("--max-queue must be in 1..100000 and --max-connections in 1..10000")
+        if not 0 < self.timeout_s <= 3600:
+            raise GenerateError("--timeout-s must be in (0, 3600]")
+        if not 1024 <= self.max_body_bytes <= 2**24:
+            raise GenerateError("--max-body-bytes must be in 1024..16777216")
+        if not 1 <= self.cache_networks <= 64:
+            raise GenerateError("--cache-networks must be in 1..64")
+        if not (0 < self.fft_range_db <= 200 and 0 <= self.fft_beta <= 100):
+            raise GenerateError("--fft-range-db must be in (0, 200] and --fft-beta in [0, 100]")
+        if not 0 <= self.png_compress_level <= 9:
+            raise GenerateError("--png-compress-level must be in 0..9")
 
 
 def parse_vec2(text: str, what: str) -> tuple[float, float]:

@@ -22,8 +22,10 @@ from typing import Any
 
 import torch
 
+from stages.common.fileio import write_json_atomic
 from stages.common.progress import format_time
-from stages.common.tracking import Tracker
+from stages.common.tracking import Tracker, git_commit, make_tracker
+from stages.train.stats import write_run_curves
 
 
 class Collectives:
@@ -156,3 +158,35 @@ class RunContext:
 
     def barrier(self) -> None:
         self.acc.wait_for_everyone()
+
+    def open(self, run_dir: Path, options_json: dict[str, Any], note: str | None) -> None:
+        """Create the run folder with its `training_options.json` and start its log."""
+        if self.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(run_dir / "training_options.json", dict(options_json, run_dir=str(run_dir)))
+        self.barrier()
+        self.run_dir, self.log = run_dir, RunLog(run_dir / "log.txt" if self.main else None)
+        self.log(f"run folder: {run_dir}  ({self.world} process{'es' if self.world > 1 else ''} on "
+                 f"{self.device.type})")
+        if note:
+            self.log(f"note: {note}")
+
+    def start_tracking(self, mlflow: bool, params: dict[str, Any], tags: dict[str, str]) -> None:
+        """MLflow (or nothing) on the main process, one run named after the run folder."""
+        assert self.run_dir is not None, "open the run first"
+        self.tracker, note = make_tracker(mlflow) if self.main else make_tracker(False)
+        if note:
+            self.log(f"note: {note}")
+        self.tracker.start(f"train {self.run_dir.name}", params, tags={
+            "stage": "train", "run_dir": str(self.run_dir),
+            "git_commit": git_commit(Path(__file__).parent) or "unknown", **tags})
+
+    def close(self, status: str) -> None:
+        """The run's curves and logs into the folder and MLflow; the tracker closes with the run's status."""
+        if self.main and self.run_dir is not None:
+            write_run_curves(self.run_dir)
+            if self.tracker is not None:
+                self.tracker.log_artifacts([self.run_dir / n for n in ("stats.jsonl", "curves.csv", "quality.csv",
+                                                                       "curves.png", "log.txt")])
+        if self.tracker is not None:
+            self.tracker.end(status)

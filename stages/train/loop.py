@@ -5,7 +5,7 @@ Gmain/Greg/Dmain/Dreg with lazy regularization (`phases`), G_ema with a half-lif
 every `ada_interval` minibatches from the mean sign of D(real). The model family (`models.families`) supplies
 the networks' options and the loss. Every process runs this function (Accelerate or torchrun); files are
 written by the main process only. One tick, read in order: `train` -> `TrainingStep` (phases.py) ->
-`log_tick` -> `write_snapshots` (artifacts.py) -> `write_checkpoint` (state.py, checkpoint.py).
+`log_tick` -> `write_snapshots` (artifacts.py) -> `checkpoint_when_due` (state.py, checkpoint.py).
 """
 
 from __future__ import annotations
@@ -22,19 +22,16 @@ import ops
 from models.training_rules import ada_adjustment, ema_beta
 from stages.common.config import flatten
 from stages.common.dataset import ImageFolderDataset
-from stages.common.fileio import write_json_atomic
-from stages.common.tracking import git_commit, make_tracker
-from stages.train import checkpoint as ckpt
 from stages.train.artifacts import RunArtifacts
 from stages.train.config import TrainConfig
-from stages.train.context import Collectives, RunContext, RunLog, stop_on_signals, tick_line
+from stages.train.context import Collectives, RunContext, stop_on_signals, tick_line
 from stages.train.data import InfiniteBatchSampler, make_loader
 from stages.train.networks import build_loss, build_networks, load_pretrained, transfer_weights
-from stages.train.options import TrainingOptions, config_hash, format_table
+from stages.train.options import TrainingOptions, format_table
 from stages.train.phases import TrainingStep, build_phases, optimizers, update_ema
 from stages.train.run_folder import decide_run
-from stages.train.state import TrainingState, restore_run
-from stages.train.stats import StatsCollector, Tee, cpu_rss_gb, peak_gpu_gb, write_curves_csv, write_run_curves
+from stages.train.state import TrainingState, checkpoint_when_due, restore_run
+from stages.train.stats import StatsCollector, Tee, cpu_rss_gb, peak_gpu_gb, write_curves_csv
 
 
 @dataclass
@@ -61,7 +58,7 @@ def train(cfg: TrainConfig) -> Path | None:
             print(format_table(opts))
         return None
     pretrained = load_pretrained(plan.transfer_source) if plan.transfer_source and not plan.restore_from else None
-    open_run_folder(ctx, plan.run_dir, opts, plan.note)
+    ctx.open(plan.run_dir, opts.as_json(), plan.note)
 
     # --- build and restore -------------------------------------------------------------------------------
     np.random.seed(opts.random_seed * ctx.world + ctx.rank)
@@ -87,7 +84,10 @@ def train(cfg: TrainConfig) -> Path | None:
     sampler = InfiniteBatchSampler(len(dataset), opts.batch_size, opts.random_seed, ctx.rank, ctx.world,
                                    start=prog.batch_idx * opts.batch_size)
     batches = iter(make_loader(dataset, sampler, opts.data_loader_kwargs, opts.random_seed))
-    start_tracking(ctx, cfg, opts, ident, resumed=plan.restore_from is not None)
+    # Params: the options as resolved (the gamma actually used, the batch split...) plus the preset's name.
+    ctx.start_tracking(cfg.mlflow, {"cfg": cfg.cfg, **flatten(opts.as_json())}, tags={
+        "dataset_hash": ident["dataset_hash"], "family": opts.family.name,
+        "resumed": str(plan.restore_from is not None).lower()})
     artifacts = RunArtifacts(ctx, opts, dataset, nets["G_ema"])
     if plan.restore_from is not None:
         artifacts.resumed_at(prog.cur_nimg)
@@ -98,7 +98,7 @@ def train(cfg: TrainConfig) -> Path | None:
         # Resumed a run that already reached its length (e.g. `dvc repro` after a code change that does not
         # touch the trajectory): nothing to train, and no extra step beyond --kimg.
         ctx.log(f"already trained {prog.cur_nimg / 1e3:g} kimg of {opts.total_kimg:g}; nothing to do")
-        close_run(ctx, "FINISHED")
+        ctx.close("FINISHED")
         return plan.run_dir
 
     # --- train --------------------------------------------------------------------------------------------
@@ -125,7 +125,7 @@ def train(cfg: TrainConfig) -> Path | None:
                 tick_end = log_tick(ctx, state, opts, tick)
                 final = done or stopping
                 write_snapshots(state, opts, artifacts, final)
-                write_checkpoint(ctx, state, opts, ident, start, final)
+                checkpoint_when_due(ctx, state, opts, ident, time.time() - start, final)
                 if stopping:
                     ctx.log(f"\nstopped by signal {stop.signum} at kimg {prog.cur_nimg / 1e3:.3f}; "
                             f"continue with --resume latest")
@@ -137,34 +137,9 @@ def train(cfg: TrainConfig) -> Path | None:
                 tick.tick_start = time.time()
                 tick.maintenance = tick.tick_start - tick_end
     finally:
-        close_run(ctx, status)
+        ctx.close(status)
     ctx.log("exiting")
     return plan.run_dir
-
-
-def open_run_folder(ctx: RunContext, run_dir: Path, opts: TrainingOptions, note: str | None) -> None:
-    """Create the run folder with its `training_options.json` and start its log."""
-    if ctx.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / "training_options.json", dict(opts.as_json(), run_dir=str(run_dir)))
-    ctx.barrier()
-    ctx.run_dir, ctx.log = run_dir, RunLog(run_dir / "log.txt" if ctx.main else None)
-    ctx.log(f"run folder: {run_dir}  ({ctx.world} process{'es' if ctx.world > 1 else ''} on {ctx.device.type})")
-    if note:
-        ctx.log(f"note: {note}")
-
-
-def start_tracking(ctx: RunContext, cfg: TrainConfig, opts: TrainingOptions, ident: dict, resumed: bool) -> None:
-    """MLflow (or nothing) on the main process: the options as resolved (the gamma actually used, the batch
-    split...) plus the preset's name as params."""
-    assert ctx.run_dir is not None
-    ctx.tracker, note = make_tracker(cfg.mlflow) if ctx.main else make_tracker(False)
-    if note:
-        ctx.log(f"note: {note}")
-    ctx.tracker.start(f"train {ctx.run_dir.name}", {"cfg": cfg.cfg, **flatten(opts.as_json())}, tags={
-        "stage": "train", "run_dir": str(ctx.run_dir), "dataset_hash": ident["dataset_hash"],
-        "family": opts.family.name, "git_commit": git_commit(Path(__file__).parent) or "unknown",
-        "resumed": str(resumed).lower()})
 
 
 def maybe_adjust_augment(state: TrainingState, opts: TrainingOptions) -> None:
@@ -207,31 +182,3 @@ def write_snapshots(state: TrainingState, opts: TrainingOptions, artifacts: RunA
         artifacts.fakes(prog.cur_nimg)
     if final or prog.cur_tick % opts.network_snapshot_ticks == 0:
         artifacts.network({**state.nets, "augment_pipe": state.augment_pipe}, prog.cur_nimg, prog.cur_tick)
-
-
-def write_checkpoint(ctx: RunContext, state: TrainingState, opts: TrainingOptions, ident: dict, start: float,
-                     final: bool) -> None:
-    """Advance the tick counters, then save the full state when due (resume continues from here)."""
-    prog = state.progress
-    due = final or prog.cur_tick % opts.checkpoint_ticks == 0
-    prog.cur_tick += 1
-    prog.tick_start_nimg = prog.cur_nimg
-    if due:
-        contents = state.capture(ctx.coll, time.time() - start)  # every process: per-process parts are gathered
-        if ctx.main:
-            path = ckpt.save_checkpoint(ctx.run_dir, contents, prog.cur_nimg,
-                                        {"config_hash": config_hash(ident), "identity": ident,
-                                         "resume_pkl": opts.resume_pkl}, keep=opts.keep_checkpoints)
-            ctx.log(f"checkpoint {path.name}")
-    ctx.barrier()
-
-
-def close_run(ctx: RunContext, status: str) -> None:
-    """The run's curves and logs into the folder and MLflow; the tracker closes with the run's status."""
-    if ctx.main and ctx.run_dir is not None:
-        write_run_curves(ctx.run_dir)
-        if ctx.tracker is not None:
-            ctx.tracker.log_artifacts([ctx.run_dir / n for n in ("stats.jsonl", "curves.csv", "quality.csv",
-                                                                 "curves.png", "log.txt")])
-    if ctx.tracker is not None:
-        ctx.tracker.end(status)

@@ -21,7 +21,7 @@ from models.families import Loss
 from stages.train import checkpoint as ckpt
 from stages.train.artifacts import truncate_metric_jsonl
 from stages.train.context import Collectives, RunContext
-from stages.train.options import config_hash, diff_keys
+from stages.train.options import TrainingOptions, config_hash, diff_keys
 from stages.train.stats import StatsCollector, truncate_stats_jsonl
 
 
@@ -121,3 +121,21 @@ def restore_run(ctx: RunContext, state: TrainingState, checkpoint: Path, resume:
             ctx.log(f"note: {dropped} stats.jsonl record(s) written after {path.name} removed")
         if dropped := truncate_metric_jsonl(ctx.run_dir, float(meta.get("saved_at", float("inf")))):
             ctx.log(f"note: {dropped} metric-*.jsonl line(s) written after {path.name} removed")
+
+
+def checkpoint_when_due(ctx: RunContext, state: TrainingState, opts: TrainingOptions, ident: dict,
+                        session_sec: float, final: bool) -> None:
+    """Advance the tick counters, then save the full state when due (resume continues from here). Every process
+    calls it: per-process parts are gathered; the main process writes."""
+    prog = state.progress
+    due = final or prog.cur_tick % opts.checkpoint_ticks == 0
+    prog.cur_tick += 1
+    prog.tick_start_nimg = prog.cur_nimg
+    if due:
+        contents = state.capture(ctx.coll, session_sec)
+        if ctx.main:
+            path = ckpt.save_checkpoint(ctx.run_dir, contents, prog.cur_nimg,
+                                        {"config_hash": config_hash(ident), "identity": ident,
+                                         "resume_pkl": opts.resume_pkl}, keep=opts.keep_checkpoints)
+            ctx.log(f"checkpoint {path.name}")
+    ctx.barrier()
