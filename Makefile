@@ -62,10 +62,11 @@ test-all: venv
 bench: venv
 	$(PY) tests/benchmarks/bench_networks.py
 
-# CPU inference side by side with the official code (fp32), ours fp32/bf16 and onnxruntime; idle machine only.
+# CPU inference side by side with the official code (fp32), ours fp32/bf16, onnxruntime and OpenVINO fp32/bf16;
+# idle machine only.
 # OFFICIAL=path to a stylegan2-ada-pytorch checkout.
 bench-cpu: venv
-	$(PY) tests/benchmarks/bench_cpu_inference.py --official-repo $(OFFICIAL) --fd
+	$(PY) tests/benchmarks/bench_cpu_inference.py $(if $(OFFICIAL),--official-repo $(OFFICIAL)) --fd --json reports/bench/cpu_inference.json
 
 # Everything a GPU's first minutes should tell (< 8 min on one H100/H200): GPU tests, training sec/kimg ours vs
 # official, G inference img/s, feature extraction img/s; report in reports/gpu_check/. On a machine whose python

@@ -49,3 +49,16 @@ def _fresh_mlflow_globals():
             mlflow.end_run()
         mlflow.set_tracking_uri(None)
         fluent._active_experiment_id = None  # no public reset; set_experiment() only ever sets it
+
+
+def offline_weight_or_skip(name: str):
+    """The installed offline weight file `name` (models.features.offline_weights); skipped when the install step
+    was not run, failed instead under SG2_REQUIRE_OFFLINE_WEIGHTS=1 (as `make test` sets)."""
+    from models.features import offline_weights as ow
+
+    try:
+        return ow.find_offline_weight(name)
+    except ow.OfflineWeightsNotFoundError as exc:
+        if os.environ.get("SG2_REQUIRE_OFFLINE_WEIGHTS"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))

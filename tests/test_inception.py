@@ -22,18 +22,9 @@ import torch
 
 from models.features import offline_weights as ow
 from models.features.registry import FEATURE_NETWORKS, FeatureOutputUnavailableError, build_feature_network
+from tests.conftest import offline_weight_or_skip
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def offline_weight_or_skip(name: str) -> Path:
-    """The installed file; skipped (failed with SG2_REQUIRE_OFFLINE_WEIGHTS=1) when the install step was not run."""
-    try:
-        return ow.find_offline_weight(name)
-    except ow.OfflineWeightsNotFoundError as exc:
-        if os.environ.get("SG2_REQUIRE_OFFLINE_WEIGHTS"):
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")

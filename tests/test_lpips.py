@@ -16,16 +16,7 @@ import torch.nn.functional as F
 
 from models.features import offline_weights as ow
 from models.features.registry import FeatureOutputUnavailableError
-
-
-def offline_weight_or_skip(name: str) -> Path:
-    """The installed file; skipped (failed with SG2_REQUIRE_OFFLINE_WEIGHTS=1) when the install step was not run."""
-    try:
-        return ow.find_offline_weight(name)
-    except ow.OfflineWeightsNotFoundError as exc:
-        if os.environ.get("SG2_REQUIRE_OFFLINE_WEIGHTS"):
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+from tests.conftest import offline_weight_or_skip
 
 
 @pytest.fixture(scope="module")

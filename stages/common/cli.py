@@ -33,8 +33,9 @@ class OneLineParser(argparse.ArgumentParser):
 
 def stage_parser(prog: str, description: str | None, parents: Sequence[argparse.ArgumentParser] = ()
                  ) -> OneLineParser:
+    # allow_abbrev=False: `--batch` must not be taken for a prefix of `--batch-min` (ambiguous-option errors).
     parser = OneLineParser(prog=prog, description=description, parents=list(parents),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     add_common_flags(parser)
     return parser
 

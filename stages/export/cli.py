@@ -58,6 +58,8 @@ def export(args: argparse.Namespace) -> None:
     summary = export_all(config)
     for name, g in summary["graphs"].items():
         print(f"  {name:<22} {g['bytes'] / 1e6:8.1f} MB  {g['nodes']:5d} nodes  {g['path']}")
+    for name, ir in ((summary.get("openvino") or {}).get("ir") or {}).items():
+        print(f"  {name + '.xml':<22} {ir['bytes'] / 1e6:8.1f} MB  OpenVINO IR  {ir['xml']}")
     print(f"parity passed: {summary['parity']['passed']}; Triton repository: {summary['triton']['repository']}")
 
 

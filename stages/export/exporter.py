@@ -2,7 +2,8 @@
 
 Outputs in `config.outdir` (each written atomically):
     generator.onnx, generator_uint8.onnx, synthesis.onnx   (+ *_fp16.onnx with fp16)
-    parity.json             onnxruntime vs PyTorch figures (DVC metric)
+    generator.xml/.bin, generator_uint8.xml/.bin            OpenVINO IR of the same graphs (with openvino=True)
+    parity.json             onnxruntime (and OpenVINO fp32/bf16) vs PyTorch figures (DVC metric)
     build_engine.sh         trtexec commands for the target GPU; installs generator.plan as <triton_name>_trt
     triton/<triton_name>_trt.config.pbtxt   the Triton config of that engine model (copied in by the script)
     generator.plan          only with engine=True (TensorRT + CUDA GPU)
@@ -34,7 +35,7 @@ from stages.common.fileio import write_json_atomic, write_text_atomic
 from stages.export import onnx_export as ox
 from stages.export import triton_client
 from stages.export.config import ExportConfig
-from stages.export.parity import check_parity, make_inputs, parity_metrics, reference_images
+from stages.export.parity import Gate, check_parity, make_inputs, parity_metrics, reference_images
 from stages.export.readme import write_readme
 from stages.export.tensorrt_build import (
     BatchProfile,
@@ -64,6 +65,10 @@ def baked_transform(G: torch.nn.Module) -> list[list[float]] | None:
 
 def export_all(config: ExportConfig, G: torch.nn.Module | None = None) -> dict[str, Any]:
     """Run the whole stage; `G` overrides loading `config.network` (tests, notebooks)."""
+    if config.openvino:  # refuse before minutes of export, not after
+        from stages.export.openvino_export import require_openvino
+
+        require_openvino()
     G = load_generator(config.network) if G is None else G.eval().requires_grad_(False)
     out = Path(config.outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,9 +93,16 @@ def export_all(config: ExportConfig, G: torch.nn.Module | None = None) -> dict[s
     for name, model in graphs.items():
         files[name] = ox.save_model(model, out / f"{name}.onnx")
 
+    parity_graphs: dict[str, Any] = {n: str(p) for n, p in files.items()}
+    gates: dict[str, Gate] = {}
+    ir_files: dict[str, Path] = {}
+    if config.openvino:
+        ir_files, sessions, gates = openvino_ir(config, files, out)
+        parity_graphs.update(sessions)
+
     # Parity runs on the graphs as written (after slimming / conversion), from the saved files.
-    report = check_parity(G, {n: str(p) for n, p in files.items()}, batches=config.parity_batches,
-                          psi_values=config.parity_psi, truncation_cutoff=cutoff, tolerance=config.parity_tol)
+    report = check_parity(G, parity_graphs, batches=config.parity_batches, psi_values=config.parity_psi,
+                          truncation_cutoff=cutoff, tolerance=config.parity_tol, gates=gates)
     write_json_atomic(out / "parity.json", report)
     if not report["passed"]:
         bad = [n for n, v in report["variants"].items() if not v["passed"]]
@@ -152,6 +164,7 @@ def export_all(config: ExportConfig, G: torch.nn.Module | None = None) -> dict[s
             for name in graphs
         },
         "simplify": simplify_info,
+        "openvino": describe_openvino(config, ir_files, report),
         "parity": {"passed": report["passed"], **parity_metrics(report)},
         "tensorrt": {"script": str(out / "build_engine.sh"), "commands": commands,
                      "profile": dataclasses.asdict(profile), "engine": engine_info},
@@ -167,6 +180,42 @@ def export_all(config: ExportConfig, G: torch.nn.Module | None = None) -> dict[s
         summary["registered"] = register(config, G, files, summary)
     write_json_atomic(out / "export_summary.json", summary)
     return summary
+
+
+def openvino_ir(config: ExportConfig, files: dict[str, Path],
+                out: Path) -> tuple[dict[str, Path], dict[str, Any], dict[str, Gate]]:
+    """generator[_uint8].xml/.bin from the ONNX files as written; the compiled sessions and gates for parity.
+
+    fp32 meets the ONNX graphs' gates (max abs error `parity_tol`, uint8 within one level); bf16 (same IR,
+    INFERENCE_PRECISION_HINT bf16) meets `openvino_bf16_psnr` dB on both, the worst batch counting.
+    """
+    from stages.export import openvino_export as ovx
+
+    ir_files = {}
+    for name in ovx.IR_GRAPHS:
+        log.info("converting %s.onnx to OpenVINO IR", name)
+        ir_files[name] = ovx.convert_to_ir(files[name], out / f"{name}.xml")
+    sessions = ovx.parity_sessions(ir_files, config.openvino_precisions)
+    gates = {name: Gate(min_psnr_db=config.openvino_bf16_psnr) for name in sessions if name.endswith("_bf16")}
+    return ir_files, sessions, gates
+
+
+def describe_openvino(config: ExportConfig, ir_files: dict[str, Path], report: dict[str, Any]) -> dict[str, Any]:
+    """export_summary.json's "openvino": the IR files with their IO and hashes, and what each precision ran as."""
+    if not ir_files:
+        return {"enabled": False}
+    from stages.export import openvino_export as ovx
+
+    ran = {name: v["runtime"] for name, v in report["variants"].items() if "runtime" in v}
+    return {
+        "enabled": True,
+        "version": ovx.openvino_version(),
+        "precisions": list(config.openvino_precisions),
+        "bf16_min_psnr_db": config.openvino_bf16_psnr,
+        "ir": {name: {**ovx.describe_ir(xml), "sha256": {"xml": _sha256(xml), "bin": _sha256(ovx.ir_paths(xml)[1])}}
+               for name, xml in ir_files.items()},
+        "parity_variants": ran,  # variant -> runtime, precision asked for and the one OpenVINO ran in
+    }
 
 
 def build_and_check_engine(G: torch.nn.Module, config: ExportConfig, out: Path, inputs: list[dict[str, Any]],

@@ -1,4 +1,4 @@
-"""Parity of exported graphs with the PyTorch generator, run through onnxruntime.
+"""Parity of exported graphs with the PyTorch generator, run through onnxruntime (or OpenVINO, for the IR).
 
 The reference is the official interface itself, `G(z, c, truncation_psi=psi, noise_mode='const',
 force_fp32=True)` with psi a Python float, called once per distinct psi in the batch, with the
@@ -8,8 +8,9 @@ reproduces what the official code would have produced", not merely "the exporter
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,41 @@ import torch
 from stages.common.images import nhwc, to_uint8
 
 FP32_TOLERANCE = 1e-3  # max abs error in [-1, 1] image units; measured ~1e-5
+UINT8_LEVELS = 1       # max grey-level difference of a uint8 graph: float round-off may cross one level boundary
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """What a parity variant must meet to pass; None = not checked, all None = reported only (fp16).
+
+    Float graphs are judged in [-1, 1] image units, uint8 graphs in grey levels; PSNR applies to both (uint8:
+    over levels, range 255), the worst batch counting.
+    """
+
+    max_abs_err: float | None = None   # float graphs
+    max_level_diff: int | None = None  # uint8 graphs
+    min_psnr_db: float | None = None   # either
+
+    @property
+    def gated(self) -> bool:
+        return any(v is not None for v in dataclasses.astuple(self))
+
+    def passes(self, summary: dict[str, Any]) -> bool:
+        # Written as "not (x > limit)" would let a NaN through; these comparisons are False for NaN.
+        return all([
+            self.max_abs_err is None or summary.get("max_abs_err", math.nan) <= self.max_abs_err,
+            self.max_level_diff is None or summary.get("max_level_diff", math.inf) <= self.max_level_diff,
+            self.min_psnr_db is None or summary.get("psnr_db", math.nan) >= self.min_psnr_db,
+        ])
+
+
+def default_gate(name: str, tolerance: float = FP32_TOLERANCE) -> Gate:
+    """The gate a variant gets by its name: uint8 -> one level, fp16 -> none (reported), else fp32 `tolerance`."""
+    if "uint8" in name:
+        return Gate(max_level_diff=UINT8_LEVELS)
+    if "fp16" in name:
+        return Gate()
+    return Gate(max_abs_err=tolerance)
 
 
 def ort_session(model: onnx.ModelProto | str, providers: Sequence[str] | None = None) -> Any:
@@ -89,18 +125,22 @@ def _errors(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 def check_parity(
     G: torch.nn.Module,
-    graphs: dict[str, onnx.ModelProto | str],   # variant name -> model; names say what to compare (see below)
+    graphs: dict[str, onnx.ModelProto | str | Any],  # variant name -> model or session; names say what to compare
     batches: Sequence[int] = (1, 3, 8),
     psi_values: Sequence[float] = (1.0, 0.7, 0.5),
     truncation_cutoff: int | None = None,
     tolerance: float = FP32_TOLERANCE,
     seed: int = 0,
+    gates: Mapping[str, Gate] | None = None,           # variant name -> gate, instead of the one its name implies
 ) -> dict[str, Any]:
     """Run every graph for every batch size (psi mixed within a batch) and compare with PyTorch.
 
     Names: containing 'uint8' -> compared as levels with the official uint8 conversion; starting with
     'synthesis' -> fed the reference ws; containing 'fp16' -> reported (PSNR) but not gated; anything
-    else is an fp32 generator graph gated by `tolerance` on the max abs error.
+    else is an fp32 generator graph gated by `tolerance` on the max abs error. `gates` overrides that per name
+    (the OpenVINO bf16 variants are gated on PSNR). A graph is an ONNX model or path (run by onnxruntime's CPU
+    provider) or an object with onnxruntime's session interface (`get_inputs`, `run`), e.g. an
+    `openvino_export.OpenVINOSession`; a `describe()` it offers is recorded under "runtime".
     """
     cache: dict[int, tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]] = {}
     for b in batches:
@@ -110,7 +150,8 @@ def check_parity(
     variants: dict[str, Any] = {}
     passed = True
     for name, model in graphs.items():
-        sess = ort_session(model, ["CPUExecutionProvider"])
+        is_session = hasattr(model, "run") and hasattr(model, "get_inputs")
+        sess = model if is_session else ort_session(model, ["CPUExecutionProvider"])
         input_names = {i.name for i in sess.get_inputs()}
         per_batch: dict[str, Any] = {}
         for b, (feeds, ref, ws) in cache.items():
@@ -120,20 +161,26 @@ def check_parity(
                 run_feeds = {k: v for k, v in feeds.items() if k in input_names}
             out = sess.run(None, run_feeds)[0]
             if "uint8" in name:
-                levels = np.abs(out.astype(np.int16) - nhwc(to_uint8(ref)).astype(np.int16))
-                per_batch[str(b)] = {"max_level_diff": int(levels.max()), "shape": list(out.shape)}
+                ref_levels = nhwc(to_uint8(ref))
+                levels = np.abs(out.astype(np.int16) - ref_levels.astype(np.int16))
+                per_batch[str(b)] = {"max_level_diff": int(levels.max()), "mean_level_diff": float(levels.mean()),
+                                     "psnr_db": psnr(out, ref_levels, data_range=255.0), "shape": list(out.shape)}
             else:
                 per_batch[str(b)] = {**_errors(out, ref), "shape": list(out.shape)}
         summary: dict[str, Any] = {"per_batch": per_batch}
         if "uint8" in name:
             summary["max_level_diff"] = max(v["max_level_diff"] for v in per_batch.values())
-            summary["passed"] = summary["max_level_diff"] <= 1  # float round-off may cross one level boundary
+            summary["mean_level_diff"] = float(np.mean([v["mean_level_diff"] for v in per_batch.values()]))
         else:
             summary["max_abs_err"] = max(v["max_abs_err"] for v in per_batch.values())
             summary["mean_abs_err"] = float(np.mean([v["mean_abs_err"] for v in per_batch.values()]))
-            summary["psnr_db"] = min(v["psnr_db"] for v in per_batch.values())
-            summary["gated"] = "fp16" not in name
-            summary["passed"] = summary["max_abs_err"] <= tolerance if summary["gated"] else True
+        summary["psnr_db"] = min(v["psnr_db"] for v in per_batch.values())
+        gate = (gates or {}).get(name) or default_gate(name, tolerance)
+        summary["gate"] = {k: v for k, v in dataclasses.asdict(gate).items() if v is not None}
+        summary["gated"] = gate.gated
+        summary["passed"] = gate.passes(summary) if gate.gated else True
+        if is_session and hasattr(sess, "describe"):
+            summary["runtime"] = sess.describe()
         passed &= summary["passed"]
         variants[name] = summary
     return {
@@ -152,7 +199,7 @@ def parity_metrics(report: dict[str, Any]) -> dict[str, float]:
     """Flat numbers for MLflow / DVC metrics: parity.<variant>.<figure>."""
     out: dict[str, float] = {}
     for name, v in report["variants"].items():
-        for key in ("max_abs_err", "mean_abs_err", "psnr_db", "max_level_diff"):
+        for key in ("max_abs_err", "mean_abs_err", "psnr_db", "max_level_diff", "mean_level_diff"):
             if key in v and math.isfinite(v[key]):
                 out[f"parity.{name}.{key}"] = float(v[key])
     return out

@@ -36,6 +36,9 @@ def readme_text(summary: dict[str, Any], trt_model: str) -> str:
     ]
     rows += [(f"{n}.onnx", "float16 inside, float32 inputs and outputs (parity reported, not gated)")
              for n in graphs if n.endswith("fp16")]
+    if (summary.get("openvino") or {}).get("enabled"):
+        rows += [("generator[_uint8].xml + .bin", "OpenVINO IR (CPU): `render`/`serve --model generator_uint8.xml "
+                                                  "[--precision bf16]`")]
     rows += [
         ("parity.json", _parity_line(summary)),
         ("build_engine.sh", "run on the target GPU: `trtexec` builds generator.plan and synthesis.plan, then installs "

@@ -1,6 +1,8 @@
-"""Render seeds to PNGs through an exported graph (onnxruntime, CPU or CUDA), a TensorRT engine, or a snapshot.
+"""Render seeds to PNGs through an exported graph (onnxruntime, CPU or CUDA), an OpenVINO IR (CPU), a TensorRT
+engine, or a snapshot.
 
     python -m stages.export render --model exports/generator_uint8.onnx --seeds 0-7 --trunc 0.7 --outdir out/
+    python -m stages.export render --model exports/generator_uint8.xml --precision bf16 --seeds 0-7 --outdir out/
     python -m stages.export render --model runs/demo/network-snapshot-000100.safetensors --precision bf16 ...
 
 Seeds map to latents by the official rule, z = np.random.RandomState(seed).randn(1, z_dim), so seed N
@@ -8,7 +10,9 @@ here is seed N of the official `generate.py` for the same network.
 
 A snapshot (anything `models.load_generator` reads) runs in PyTorch, in `precision` fp32 (the official generator)
 or bf16 (every synthesis block in bfloat16: about 2x the images/s on CPUs with AVX-512 BF16, images within a few
-grey levels; see `models.precision`). ONNX graphs and engines run in the precision they were built in.
+grey levels; see `models.precision`). An OpenVINO IR (.xml, with its .bin beside it) runs on the CPU in `precision`
+fp32 or bf16 (OpenVINO's INFERENCE_PRECISION_HINT; the export's parity.json has both figures). ONNX graphs and
+engines run in the precision they were built in.
 """
 
 from __future__ import annotations
@@ -26,14 +30,18 @@ from stages.common.seeds import seeds_to_z
 from stages.export.parity import ort_session
 
 GRAPH_SUFFIXES = (".onnx",)
+IR_SUFFIXES = (".xml",)  # OpenVINO
 ENGINE_SUFFIXES = (".plan", ".engine")
 
 
 class Renderer:
-    """One exported generator graph (.onnx), engine (.plan/.engine) or snapshot; `render` returns uint8 NHWC.
+    """One exported generator graph (.onnx), OpenVINO IR (.xml), engine (.plan/.engine) or snapshot; `render`
+    returns uint8 NHWC.
 
     `run(feeds)` takes the graph's inputs (z [B, z_dim], truncation_psi [B, 1], c [B, c_dim]) and returns its
-    output named `output_name`; a snapshot answers as the uint8 serving graph does (`img_uint8`, NHWC).
+    output named `output_name`; a snapshot answers as the uint8 serving graph does (`img_uint8`, NHWC). An IR
+    runs through `openvino_export.OpenVINOSession`, which has onnxruntime's session interface, so `session`
+    is an onnxruntime session or that (`backend` says which).
     """
 
     def __init__(self, model: str | os.PathLike, providers: Sequence[str] | None = None,
@@ -45,12 +53,15 @@ class Renderer:
         self._torch: Any = None
         if not self.path.exists():
             raise FileNotFoundError(f"model not found: {self.path}")
-        if self.path.suffix not in (*GRAPH_SUFFIXES, *ENGINE_SUFFIXES):
+        if self.path.suffix not in (*GRAPH_SUFFIXES, *IR_SUFFIXES, *ENGINE_SUFFIXES):
             self._init_torch()
             return
-        if precision != "fp32":
-            raise BadInput(f"--precision {precision}: applies to PyTorch snapshots; {self.path.name} runs in the "
-                           "precision it was exported in (generator_fp16.onnx or a --fp16 engine for 16-bit)")
+        if precision != "fp32" and self.path.suffix not in IR_SUFFIXES:
+            raise BadInput(f"--precision {precision}: applies to PyTorch snapshots and OpenVINO IR (.xml); "
+                           f"{self.path.name} runs in the precision it was exported in (generator_fp16.onnx or a "
+                           "--fp16 engine for 16-bit)")
+        self.backend = "tensorrt" if self.path.suffix in ENGINE_SUFFIXES else \
+            "openvino" if self.path.suffix in IR_SUFFIXES else "onnxruntime"
         if self.path.suffix in ENGINE_SUFFIXES:
             from stages.export.tensorrt_build import TensorRTRunner
 
@@ -62,11 +73,16 @@ class Renderer:
             self.c_dim = int(engine.get_tensor_shape("c")[1]) if "c" in self.input_names else 0
         else:
             self._trt = None
-            try:
-                self.session = ort_session(str(self.path), providers)
-            except Exception as exc:  # onnxruntime's own error types (InvalidProtobuf, Fail, ...)
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise BadInput(f"{self.path}: not a loadable ONNX graph ({first})") from None
+            if self.backend == "openvino":  # CPU only: `providers` does not apply
+                from stages.export.openvino_export import OpenVINOSession
+
+                self.session = OpenVINOSession(self.path, precision)
+            else:
+                try:
+                    self.session = ort_session(str(self.path), providers)
+                except Exception as exc:  # onnxruntime's own error types (InvalidProtobuf, Fail, ...)
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise BadInput(f"{self.path}: not a loadable ONNX graph ({first})") from None
             shapes = {i.name: i.shape for i in self.session.get_inputs()}
             self.input_names = list(shapes)
             self.output_name = self.session.get_outputs()[0].name
@@ -79,6 +95,7 @@ class Renderer:
         from models.serialization.loading import load_generator
 
         self._trt = None
+        self.backend = "pytorch"
         self._torch = load_generator(self.path)
         self.z_dim, self.c_dim = int(self._torch.z_dim), int(self._torch.c_dim)
         self.input_names = ["z", "c", "truncation_psi"] if self.c_dim > 0 else ["z", "truncation_psi"]
@@ -151,6 +168,5 @@ def render_seeds(model: str | os.PathLike, seeds: Sequence[int], outdir: str | o
 
 
 def describe_renderer(r: Renderer) -> dict[str, Any]:
-    backend = "pytorch" if r._torch is not None else "tensorrt" if r._trt is not None else "onnxruntime"
     return {"model": str(r.path), "inputs": r.input_names, "output": r.output_name, "z_dim": r.z_dim, "c_dim": r.c_dim,
-            "backend": backend, "precision": r.precision}
+            "backend": r.backend, "precision": r.precision}

@@ -67,7 +67,7 @@ def model_metadata(renderer: Renderer, name: str) -> dict[str, Any]:
             return {"name": t.name, "datatype": ORT_TO_V2.get(t.type, t.type), "shape": shape}
 
         inputs, outputs = [spec(t) for t in sess.get_inputs()], [spec(t) for t in sess.get_outputs()]
-        platform = "onnxruntime_onnx"
+        platform = "openvino" if getattr(renderer, "backend", "") == "openvino" else "onnxruntime_onnx"
     else:  # a TensorRT engine (or another runtime): names from the renderer, shapes left open
         inputs = [{"name": n, "datatype": "FP32", "shape": [-1, -1]} for n in renderer.input_names]
         outputs = [{"name": renderer.output_name, "datatype": "FP32", "shape": [-1, -1, -1, -1]}]
@@ -223,13 +223,6 @@ class _Handler(SafeHandler):
             self._json(404, {"error": f"no {method} {url.path[:80]}; see GET /v2/models/{self.server.cfg.name}"})
         else:
             self._method_not_allowed()
-
-    def do_GET(self) -> None:
-        self._guarded(self._route)
-
-    def do_POST(self) -> None:
-        self._guarded(self._route)
-
 
 def make_server(cfg: ServeConfig, batching: BatchOptions | None = None) -> GeneratorServer:
     """Load the model and bind the port (port 0: any free one, see `server.server_address`). `batching`: the

@@ -182,13 +182,6 @@ class ExploreHandler(SafeHandler):
         else:
             self._method_not_allowed()
 
-    def do_GET(self) -> None:
-        self._guarded(self._route)
-
-    def do_POST(self) -> None:
-        self._guarded(self._route)
-
-
 def load_networks(cfg: ExploreConfig, device: torch.device) -> list[Network]:
     cache = GeneratorCache(cfg.cache_networks, device)
     specs = [cfg.require_network()] + ([cfg.compare] if cfg.compare else [])

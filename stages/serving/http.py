@@ -166,6 +166,16 @@ class SafeHandler(BaseHTTPRequestHandler):
         except (ValueError, RecursionError) as exc:  # RecursionError: [[[[...]]]] nested deeper than Python goes
             raise RequestError(f"body is not JSON: {type(exc).__name__}: {str(exc)[:80]}") from None
 
+    def _route(self) -> None:
+        """Answer the request (GET and POST); the server's handler defines it and raises RequestError for 4xx."""
+        raise RequestError(f"no {self.command} {self.path[:80]}", 404)
+
+    def do_GET(self) -> None:
+        self._guarded(self._route)
+
+    def do_POST(self) -> None:
+        self._guarded(self._route)
+
     def _guarded(self, route: Callable[[], None]) -> None:
         """Run `route`, answering its `RequestError` (4xx), `Overloaded` (503) or anything unexpected (500)."""
         try:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import sys
@@ -184,6 +185,7 @@ class OfficialIteration:
 
 class OurIteration:
     def __init__(self, opts: TrainingOptions, dataset: ImageFolderDataset) -> None:
+        # opts.training_precision: "fp32", or "bf16" (G/D blocks in bfloat16, float32 master weights)
         torch.manual_seed(0)
         self.G = Generator(**copy.deepcopy(opts.G_kwargs)).train().requires_grad_(False)
         self.D = Discriminator(**copy.deepcopy(opts.D_kwargs)).train().requires_grad_(False)
@@ -197,19 +199,24 @@ class OurIteration:
 
     def __call__(self, real_u8: torch.Tensor, real_c: torch.Tensor) -> None:
         o = self.opts
-        self.step(real_u8, real_c, self.prog.batch_idx, "benchmark")
+        self.step(real_u8, real_c, self.prog.batch_idx, self.prog.cur_nimg, "benchmark")
         update_ema(self.G_ema, self.G, ema_beta(o.batch_size, o.ema_kimg, self.prog.cur_nimg, o.ema_rampup))
         self.prog.cur_nimg += o.batch_size
         self.prog.batch_idx += 1
 
 
 def compare_speed(L: Any, N: Any, misc: Any, opts: TrainingOptions, dataset: ImageFolderDataset, iters: int,
-                  blocks: int) -> dict[str, Any]:
+                  blocks: int, precisions: tuple[str, ...] = ("fp32",)) -> dict[str, Any]:
+    """Official fp32 against ours in each of `precisions`, blocks alternating so all see the same load."""
     batch = opts.batch_size
+    res = dataset.resolution
     gen = torch.Generator().manual_seed(0)
-    real = (torch.rand([batch, 3, 32, 32], generator=gen) * 255).to(torch.uint8)
+    real = (torch.rand([batch, 3, res, res], generator=gen) * 255).to(torch.uint8)
     real_c = torch.from_numpy(np.stack([dataset.get_label(i % len(dataset)) for i in range(batch)]))
-    sides = {"official": OfficialIteration(L, N, misc, opts.as_json(), dataset), "ours": OurIteration(opts, dataset)}
+    sides: dict[str, Any] = {"official": OfficialIteration(L, N, misc, opts.as_json(), dataset)}
+    for precision in precisions:
+        name = "ours" if precision == "fp32" else f"ours_{precision}"
+        sides[name] = OurIteration(dataclasses.replace(opts, training_precision=precision), dataset)
     for fn in sides.values():  # warm-up: one iteration with every phase (batch_idx 0)
         fn(real, real_c)
     per_block: dict[str, list[float]] = {k: [] for k in sides}
@@ -221,11 +228,15 @@ def compare_speed(L: Any, N: Any, misc: Any, opts: TrainingOptions, dataset: Ima
                 sides[name](real, real_c)
             per_block[name].append((time.perf_counter() - t0) / (iters * batch) * 1000)
             print(f"  block {b} {name:8s} {per_block[name][-1]:.1f} sec/kimg", file=sys.stderr, flush=True)
-    ratios = [o / u for o, u in zip(per_block["official"], per_block["ours"])]
-    return {"batch": batch, "batch_gpu": opts.batch_gpu, "iters_per_block": iters,
-            "sec_per_kimg": {k: [round(v, 1) for v in vs] for k, vs in per_block.items()},
-            "speedup_per_block (official / ours)": [round(r, 3) for r in ratios],
-            "speedup_median": round(statistics.median(ratios), 3)}
+    out: dict[str, Any] = {"batch": batch, "batch_gpu": opts.batch_gpu, "iters_per_block": iters,
+                           "sec_per_kimg": {k: [round(v, 1) for v in vs] for k, vs in per_block.items()}}
+    for name in sides:
+        if name == "official":
+            continue
+        ratios = [o / u for o, u in zip(per_block["official"], per_block[name])]
+        out[f"speedup_per_block (official / {name})"] = [round(r, 3) for r in ratios]
+        out[f"speedup_median {name}"] = round(statistics.median(ratios), 3)
+    return out
 
 
 def main() -> int:
@@ -236,6 +247,9 @@ def main() -> int:
     parser.add_argument("--blocks", type=int, default=2, help="timed blocks per side, alternating")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--speed-configs", default="cifar@32",
+                        help="comma list of cfg@resolution for the speed comparison, e.g. cifar@32,auto@64,auto@128")
+    parser.add_argument("--precisions", default="fp32", help="our side's training precisions, e.g. fp32,bf16")
     parser.add_argument("--skip-gradients", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -251,9 +265,12 @@ def main() -> int:
             opts = resolved(cfg, dataset)
             report["gradients"][f"{cfg}@32px"] = compare_gradients(L, N, opts.as_json(), args.grad_batch, seed=0)
             print(json.dumps({cfg: report["gradients"][f"{cfg}@32px"]}, indent=1), file=sys.stderr, flush=True)
-        if not args.skip_speed:
-            report["speed cifar@32px"] = compare_speed(L, N, misc, resolved("cifar", dataset), dataset, args.iters,
-                                                       args.blocks)
+        for spec in [] if args.skip_speed else args.speed_configs.split(","):
+            cfg, _, res = spec.partition("@")
+            data = make_dataset(Path(tmp) / f"speed-{res}.zip", res=int(res or 32))
+            report[f"speed {cfg}@{res}px"] = compare_speed(L, N, misc, resolved(cfg, data), data, args.iters,
+                                                           args.blocks, tuple(args.precisions.split(",")))
+            print(json.dumps(report[f"speed {cfg}@{res}px"]), file=sys.stderr, flush=True)
     print(json.dumps(report, indent=2))
     return 0
 
