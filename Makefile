@@ -73,7 +73,11 @@ bench-cpu: venv
 # already has CUDA torch (no venv to build): make gpu-check GPU_PY=python3. Dry run on CPU: GPU_CHECK_FLAGS=--dry-run
 GPU_PY ?= $(PY)
 GPU_CHECK_FLAGS ?=
+# The onnxruntime-gpu matching the CUDA major version (tests/gpu/ort_gpu.py) is installed first where the package
+# index is reachable; offline (a lent GPU box) the report says which wheel to carry.
 gpu-check: $(if $(filter $(PY),$(GPU_PY)),venv)
+	@spec="$$($(GPU_PY) tests/gpu/ort_gpu.py --spec 2>/dev/null)"; if [ -n "$$spec" ]; then \
+	  $(GPU_PY) -m pip install --quiet "$$spec" || echo "gpu-check: could not install $$spec (offline?); continuing"; fi
 	$(GPU_PY) tests/gpu/gpu_check.py $(GPU_CHECK_FLAGS)
 
 # The whole pipeline on the built-in digits, on CPU: the Prefect flow runs `dvc repro` stage by

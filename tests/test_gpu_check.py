@@ -113,5 +113,23 @@ def test_the_report_of_a_gpu_run_renders():
 
 
 def test_make_target():
+    """`make gpu-check` installs the matching onnxruntime-gpu (where it can), then runs the check."""
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^gpu-check:.*\n\t.*tests/gpu/gpu_check\.py", makefile, re.M)
+    recipe = re.search(r"^gpu-check:.*\n((?:\t.*\n)+)", makefile, re.M)
+    assert recipe, "no gpu-check target"
+    lines = recipe[1]
+    assert "tests/gpu/ort_gpu.py --spec" in lines and "pip install" in lines
+    assert lines.index("ort_gpu.py") < lines.index("tests/gpu/gpu_check.py")
+
+
+def test_onnxruntime_gpu_wheel_follows_the_cuda_major_and_providers_say_why_not():
+    from tests.gpu import ort_gpu
+
+    assert ort_gpu.wheel_spec("12.8") == "onnxruntime-gpu[cuda,cudnn]==1.25.1"
+    assert ort_gpu.wheel_spec("13.0") == "onnxruntime-gpu[cuda,cudnn]==1.31.1"
+    assert ort_gpu.wheel_spec(None) is None and ort_gpu.wheel_spec("11.8") is None
+    status = ort_gpu.report(None)
+    assert status["wheel"] is None
+    # The CPU build here has neither provider: each says why in one line, nothing raises.
+    for provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+        assert status["providers"][provider].startswith("not in this onnxruntime build"), status

@@ -121,6 +121,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                       f"driver {e.get('driver', '-')}), CUDA {e.get('cuda_runtime')}, nvcc {e.get('nvcc_version')}, "
                       f"ninja {'yes' if e.get('ninja') else 'no'}; ORT providers {e.get('onnxruntime_providers')}; "
                       f"{pk}; official {e.get('official_repo') or 'absent'}"]
+        og = e.get("onnxruntime_gpu") or {}
+        if og:
+            lines += [f"**onnxruntime-gpu**: for CUDA {og.get('cuda')}: {og.get('wheel') or 'no matching wheel'}; "
+                      f"installed {og.get('installed')}; "
+                      + "; ".join(f"{p}: {why}" for p, why in (og.get("providers") or {}).items())]
     if "tests" in s and "counts" in s["tests"]:
         t = s["tests"]
         lines += ["", "**gpu tests**: " + ", ".join(f"{v} {k}" for k, v in t["counts"].items() if v)]

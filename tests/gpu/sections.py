@@ -154,6 +154,9 @@ def section_env(scale: Scale, work: Path, official_repo: str | None = None) -> d
         info["onnxruntime_providers"] = ort.get_available_providers()
     except ImportError:
         info["onnxruntime_providers"] = []
+    from tests.gpu.ort_gpu import report as ort_gpu_report
+
+    info["onnxruntime_gpu"] = ort_gpu_report(getattr(torch.version, "cuda", None))
     repo = find_official_repo(official_repo)
     info["official_repo"] = str(repo) if repo else None
     return info
