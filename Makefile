@@ -59,8 +59,11 @@ bench-serve: venv
 test-all: venv
 	$(PY) -m pytest -q
 
+# Every issue-26 ratio side by side with the official code in one table; rewrites the bench sections of
+# docs/benchmarks.md and README.md. Idle machine only: ~30-40 min on 2 cores (BENCH_FLAGS=--quick: ~10-15).
+# OFFICIAL: a stylegan2-ada-pytorch checkout (default: $$SG2_OFFICIAL_REPO, else .official/stylegan2-ada-pytorch).
 bench: venv
-	$(PY) tests/benchmarks/bench_networks.py
+	$(PY) tests/benchmarks/bench_all.py $(if $(OFFICIAL),--official-repo $(OFFICIAL)) --write-docs $(BENCH_FLAGS)
 
 # CPU inference side by side with the official code (fp32), ours fp32/bf16, onnxruntime and OpenVINO fp32/bf16;
 # idle machine only.
