@@ -39,7 +39,7 @@ class ExportConfig:
     mlflow: bool = False                      # log parity figures and the graphs to MLflow (also SG2_MLFLOW=1)
     register: bool = False                    # register the serving graph (@challenger; @champion if better)
     registered_model: str = "stylegan2-generator"
-    quality_metric: str = "kid1k_full"    # decides @champion: read from `metrics_file` (evaluate's output)
+    quality_metric: str = "kid500"        # decides @champion: read from `metrics_file` (evaluate's output)
     metrics_file: str = "metrics.json"
     dry_run: bool = False                     # print the resolved config and exit
 
@@ -165,7 +165,7 @@ HELP = {
     "mlflow": "log parity figures and graphs to MLflow (also SG2_MLFLOW=1)",
     "register": "register the serving graph: @challenger, and @champion when its quality beats the champion's",
     "registered_model": "MLflow registered model name",
-    "quality_metric": ("metric deciding @champion (from --metrics-file), e.g. kid1k_full (Inception: fair across "
+    "quality_metric": ("metric deciding @champion (from --metrics-file), e.g. kid500 (Inception: fair across "
                        "families)"),
     "metrics_file": "evaluate's results file holding quality_metric",
     "dry_run": "print the resolved config and exit",

@@ -7,7 +7,7 @@ conditional networks); output: uint8 images [N, H, W, C]. Versions are addressed
 deprecated registry stages:
 
 - every new version becomes `@challenger`;
-- it becomes `@champion` only when its quality metric (e.g. `kid1k_full`, lower is better) beats the
+- it becomes `@champion` only when its quality metric (e.g. `kid500`, lower is better) beats the
   current champion's, or when there is no champion (or none with that metric) yet. A version registered
   without a quality number never replaces a champion that has one.
 

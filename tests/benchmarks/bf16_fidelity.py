@@ -5,7 +5,7 @@
 
 Each (seed, precision) trains the demo's config (`tiny`, conditional, its params.yaml settings for ADA) for
 `--kimg` into `<out>/<precision>-s<seed>/`, one run after the other (never in parallel on 2 cores), then its
-final snapshot is scored with Inception `kid1k_full`/`fid1k_full` and the `fd_effnet1k_full` proxy in one
+final snapshot is scored with the demo's metrics (Inception `kid500`/`fid500`, the `fd_effnet1k_full` proxy) in one
 evaluate call. Writes `<out>/fidelity.json` and `<out>/fidelity.md` (per seed, both precisions, the
 sec/kimg of each run and the mean and spread per precision). Idle machine only: the speed column is wall clock.
 """
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-METRICS = ("kid1k_full", "fid1k_full", "fd_effnet1k_full")
+METRICS = ("kid500", "fid500", "fd_effnet1k_full")  # the demo's evaluate metrics
 
 
 def train(data: str, run_dir: Path, seed: int, precision: str, kimg: float) -> float:
