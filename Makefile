@@ -92,13 +92,15 @@ demo: venv
 	@echo "  dataset            data/datasets/digits.zip   (report: data/datasets/digits.zip.report.json)"
 	@echo "  validation         reports/validation.json"
 	@echo "  training run       runs/demo/  (fakes*.png grids, network-snapshot-*.safetensors, stats.jsonl)"
-	@echo "  metrics            metrics.json   (FID/KID need the detector files: README, section 'evaluate')"
+	@echo "  metrics            metrics.json   (Inception kid500/fid500, offline; fd_effnet1k_full proxy)"
 	@echo "  samples            reports/generate/  (classes.png, style mixing grid, video.mp4)"
-	@echo "  exports            exports/  (generator.onnx, parity.json, Triton model_repository/)"
-	@echo "  MLflow runs        make ui   -> http://127.0.0.1:5000"
+	@echo "  exports            exports/  (generator.onnx, OpenVINO IR, parity.json, Triton model_repository/)"
+	@echo "  MLflow runs        make ui   -> the runs table (pipeline runs, sweep points)"
+	@echo "  explorer           .venv/bin/python -m stages.generate explore --network runs/demo"
 
+# The MLflow UI on the runs table of the project's experiment (pipeline runs and sweep points side by side).
 ui: venv
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	$(PY) -m flows.ui --port 5000
 
 repro: venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
@@ -106,8 +108,8 @@ repro: venv
 clean-venv:
 	rm -rf $(VENV)
 
-# Real servers on 127.0.0.1 (PostgreSQL from apt, MLflow server, Prefect server) and the tiny pipeline
-# through a Prefect deployment; about 3-4 min on 2 cores. Not part of `test`. See infra/services/.
+# Real servers on 127.0.0.1 (PostgreSQL, MLflow, Prefect, the DVC remote) and the tiny pipeline through a Prefect
+# deployment, plus the DVC push/pull round trip; about 6 min on 2 cores. Not part of `test`. See infra/services/.
 .PHONY: test-services
 test-services: venv
 	PY=$(PY) infra/services/test-services.sh

@@ -1,24 +1,28 @@
 """The pipeline as a Prefect flow: one task per DVC stage, one MLflow parent run around them.
 
-Each task runs `dvc repro --single-item <stage>`, so DVC alone decides what is stale (no second cache on
-top) and the commands are exactly those of `dvc repro`. Transient failures are retried; a training stage
-that is retried resumes from its last checkpoint (`train.resume: auto`). Stages log themselves to MLflow
-under the pipeline's run (see `flows.tracking`). The exported generator is registered only when the export
-stage ran (something was retrained), as `@challenger`, and becomes `@champion` only when its quality
-metric beats the current champion's.
-
     python -m flows.pipeline                       # run once (local Prefect state, no server needed)
     python -m flows.pipeline --stages prepare,validate
+
+The stages are those of dvc.yaml, in its order. Each task runs `dvc repro --single-item <stage>`, so DVC
+alone decides what is stale (no second cache on top) and the commands are exactly those of `dvc repro`;
+whether a stage ran is read from DVC's state (`dvc status` before it). Transient failures are retried; a
+training stage that is retried resumes from its last checkpoint (`train.resume: auto`). Stages log
+themselves to MLflow under the pipeline's run (see `flows.tracking`). The exported generator is
+registered only when the export stage ran (something was retrained), as `@challenger`, and becomes
+`@champion` only when its quality metric beats the current champion's.
+
+Exit codes: 0 done, 1 a stage failed (its output's tail is in the message), 2 bad input (an unknown
+stage, a missing dvc.yaml), 130 interrupted.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,31 +33,38 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.tracking import PipelineTracker, find_stage_run, pipeline_tags
+from flows.cli import flow_parser
+from flows.project import StageProbe, dvc_command, pipeline_stages, stage_env
+from flows.tracking import PipelineTracker, comparison_params, find_stage_run, pipeline_tags
+from stages.common.cli import run_stage
 from stages.common.config import build_config, load_params, params_section
+from stages.common.errors import BadInput, CheckFailed
 
-STAGES = ("demo_data", "prepare", "validate", "train", "evaluate", "generate", "export")
-
-
-class StageFailed(RuntimeError):
-    """`dvc repro` of a stage exited non-zero; the message carries the tail of its output."""
+__all__ = ["StageFailed", "choose_stages", "dvc_command", "export_target", "main", "pipeline", "register_exported",
+           "stage_env"]
 
 
-def dvc_command() -> list[str]:
-    # The venv's dvc when running from it; the stage commands then find the venv's python first too.
-    local = Path(sys.executable).with_name("dvc")
-    return [str(local)] if local.exists() else ["dvc"]
+class StageFailed(CheckFailed):
+    """`dvc repro` of a stage exited non-zero; the message carries the tail of its output (exit 1)."""
 
 
-def stage_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                PYTHONUNBUFFERED="1", **(extra or {}))
+def choose_stages(project: Path, wanted: Sequence[str] | None) -> list[str]:
+    """`wanted` (all when None) in dvc.yaml's order; an unknown name is bad input."""
+    stages = pipeline_stages(project)
+    if wanted is None:
+        return stages
+    unknown = [s for s in wanted if s not in stages]
+    if unknown:
+        raise BadInput(f"unknown stage(s) {', '.join(unknown)}; dvc.yaml has {', '.join(stages)}")
+    return [s for s in stages if s in wanted]
 
 
 @task(retries=2, retry_delay_seconds=10, task_run_name="{stage}")
 def repro_stage(stage: str, project_dir: str, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """`dvc repro --single-item <stage>`: runs the stage if DVC finds it stale, else does nothing."""
     logger = get_run_logger()
+    project = Path(project_dir)
+    probe = StageProbe.before(project, stage, extra_env)
     started = time.time()
     lines: list[str] = []
     # Streamed line by line: training runs for minutes to days and its status lines are the progress.
@@ -66,34 +77,43 @@ def repro_stage(stage: str, project_dir: str, extra_env: dict[str, str] | None =
                 logger.info("%s | %s", stage, line)
     if proc.returncode != 0:
         raise StageFailed(f"dvc repro {stage} failed (exit {proc.returncode}):\n" + "\n".join(lines[-30:]))
-    out = "\n".join(lines)
-    skipped = "didn't change, skipping" in out or "is cached - skipping" in out
     ended = time.time()
-    return {"stage": stage, "seconds": round(ended - started, 1), "ran": not skipped, "started": started,
-            "ended": ended}
+    return {"stage": stage, "seconds": round(ended - started, 1), "ran": probe.ran(project),
+            "changes": probe.changes, "started": started, "ended": ended}
 
 
-def register_exported(project_dir: Path, params: dict[str, Any], pipeline_run_id: str | None) -> dict[str, Any] | None:
-    """Register the export stage's serving graph, linked to this pipeline's training run; the champion rule
-    is `stages.export.registry.promote`."""
+def export_target(project_dir: Path, params: dict[str, Any]) -> dict[str, Any] | None:
+    """What the export stage left to register: {onnx, model, c_dim, quality}; None when it exported nothing."""
     from stages.export.config import ExportConfig
     from stages.export.exporter import quality_of
-    from stages.export.registry import register_generator
 
-    cfg = build_config(ExportConfig, params_section(params, "export"))
+    section = params_section(params, "export")
+    cfg = build_config(ExportConfig, section)
     out = project_dir / cfg.outdir
     onnx = out / "generator_uint8.onnx"
     if not onnx.exists():
         return None
     summary = json.loads((out / "export_summary.json").read_text()) if (out / "export_summary.json").exists() else {}
-    c_dim = int(summary.get("generator", {}).get("c_dim", 0))
-    cfg_here = build_config(ExportConfig, {**params_section(params, "export"),
-                                           "metrics_file": str(project_dir / cfg.metrics_file)})
-    links = {"pipeline_run_id": pipeline_run_id or ""}
+    here = build_config(ExportConfig, {**section, "metrics_file": str(project_dir / cfg.metrics_file)})
+    return {"onnx": onnx, "model": cfg.registered_model, "c_dim": int(summary.get("generator", {}).get("c_dim", 0)),
+            "quality": quality_of(here)}
+
+
+def register_exported(project_dir: Path, params: dict[str, Any], pipeline_run_id: str | None,
+                      links: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """Register the export stage's serving graph, linked to this pipeline's training run (and `links`); the
+    champion rule is `stages.export.registry.promote`."""
+    from stages.export.registry import register_generator
+
+    target = export_target(project_dir, params)
+    if target is None:
+        return None
+    all_links = {"pipeline_run_id": pipeline_run_id or "", **(links or {})}
     train_run = find_stage_run(pipeline_run_id, "train") if pipeline_run_id else None
     if train_run:
-        links["train_run_id"] = train_run
-    return register_generator(onnx, cfg.registered_model, c_dim=c_dim, quality=quality_of(cfg_here), links=links)
+        all_links["train_run_id"] = train_run
+    return register_generator(target["onnx"], target["model"], c_dim=target["c_dim"], quality=target["quality"],
+                              links=all_links)
 
 
 @flow(name="sg2ada-pipeline", log_prints=True)
@@ -103,10 +123,7 @@ def pipeline(project_dir: str = ".", stages: list[str] | None = None, register_m
     import mlflow
 
     root = Path(project_dir).resolve()
-    chosen = list(stages or STAGES)
-    unknown = sorted(set(chosen) - set(STAGES))
-    if unknown:
-        raise ValueError(f"unknown stages {unknown}; choose from {list(STAGES)}")
+    chosen = choose_stages(root, stages)
     params = load_params(root / "params.yaml")
     tracker = PipelineTracker(root, get_run_logger(), run_name)
     tracker.start()
@@ -115,12 +132,13 @@ def pipeline(project_dir: str = ".", stages: list[str] | None = None, register_m
     quality: dict[str, float] = {}
     status = "FAILED"
     try:
-        for stage in [s for s in STAGES if s in chosen]:
+        for stage in chosen:
             result = repro_stage(stage, str(root), tracker.child_env())
             tracker.log_stage(stage, result, params)
             results.append(result)
         # dvc.lock is final only now: the dataset hash tag reads it.
         tracker.call("tag pipeline run", mlflow.set_tags, pipeline_tags(root, params))
+        tracker.call("log pipeline params", mlflow.log_params, comparison_params(params))
         quality = tracker.log_quality(root / params_section(params, "evaluate").get("out", "metrics.json"))
         exported = any(r["stage"] == "export" and r["ran"] for r in results)
         if register_model and exported and tracker.error is None:
@@ -144,18 +162,18 @@ def pipeline(project_dir: str = ".", stages: list[str] | None = None, register_m
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.splitlines()[0])
-    parser.add_argument("--project-dir", default=".", help="folder holding dvc.yaml and params.yaml")
-    parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset, run in pipeline order")
+    parser = flow_parser("python -m flows.pipeline", __doc__)
+    parser.add_argument("--stages", default=None, metavar="A,B,...",
+                        help="comma-separated subset of dvc.yaml's stages, run in its order (default: all)")
     parser.add_argument("--no-register", action="store_true", help="skip the MLflow model registration")
-    args = parser.parse_args(argv)
-    try:
-        out = pipeline(args.project_dir, [s for s in args.stages.split(",") if s], register_model=not args.no_register)
-    except (StageFailed, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(out, indent=2, default=str))
-    return 0
+
+    def body(args) -> None:
+        wanted = None if args.stages is None else [s.strip() for s in args.stages.split(",") if s.strip()]
+        chosen = choose_stages(Path(args.project_dir), wanted)  # one line here, before Prefect starts
+        out = pipeline(args.project_dir, chosen, register_model=not args.no_register)
+        print(json.dumps(out, indent=2, default=str))
+
+    return run_stage(parser, argv, body)
 
 
 if __name__ == "__main__":

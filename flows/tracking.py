@@ -1,12 +1,13 @@
 """MLflow for the pipeline flow: one parent run per execution, the stages' runs nested under it.
 
-The stages that track themselves (train, evaluate, generate, export) do so while they work, under the
-parent run: the flow hands them SG2_MLFLOW=1, the parent run id, the tracking URI and the experiment
-(`child_env`), so their runs carry resolved options as params, real durations and the same metric keys as
-a stand-alone or `dvc exp run`. For the others (demo_data, prepare, validate), and for a stage DVC found
-up to date, the flow records a nested run afterwards, with the stage's real start and end times, its
-resolved config, its reports and counts. The parent run gets the quality numbers of `metrics.json`, so
-pipeline runs compare on one row each.
+The stages that track themselves (today train, evaluate, generate, export) do so while they work, under
+the parent run: the flow hands every stage SG2_MLFLOW=1, the parent run id, the tracking URI and the
+experiment (`child_env`), so their runs carry resolved options as params, real durations and the same metric
+keys as a stand-alone or `dvc exp run`. For a stage that left no run of its own under the parent (it does
+not track itself, DVC found it up to date or restored it from its run cache), the flow records a nested run
+afterwards, with the stage's real start and end times, its resolved config, its reports and counts. The
+parent run gets the training params and the quality numbers of `metrics.json` and the `comparison` tag, so
+pipeline runs compare on one row each (`make ui`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,16 @@ from stages.common.tracking import (
     use_experiment,
 )
 
-SELF_TRACKED = ("train", "evaluate", "generate", "export")
+# MLflow 3's UI opens an experiment by its kind: a model-training experiment shows the runs table and
+# charts, a GenAI one an overview of traces. (The 3.17 UI also follows its global GenAI / machine
+# learning switch, `?workflowType=machine_learning` in the URL: see `runs_table_url`.)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+COMPARED_SECTIONS = ("train",)  # params shown as columns on pipeline runs and sweep points
+# The rows that compare models (pipeline runs, sweep points) carry this tag; `make ui` filters on it (MLflow's
+# search has no OR / IN over tag values).
+COMPARE_TAG = "comparison"
+COMPARE_FILTER = f"tags.{COMPARE_TAG} = 'true'"
 
 
 def project_tracking_uri(project_dir: Path) -> str:
@@ -43,7 +53,32 @@ def setup_experiment(project_dir: Path, name: str | None = None) -> str:
     import mlflow
 
     mlflow.set_tracking_uri(project_tracking_uri(project_dir))
-    return use_experiment(name or experiment_name(), project_dir / "mlartifacts")
+    experiment_id = use_experiment(name or experiment_name(), project_dir / "mlartifacts")
+    mark_model_training(experiment_id)
+    return experiment_id
+
+
+def mark_model_training(experiment_id: str) -> None:
+    """Tag the experiment as model training (not GenAI), once."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if client.get_experiment(experiment_id).tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
+def runs_table_url(base_url: str, experiment_id: str) -> str:
+    """The MLflow UI's runs table of an experiment, in the machine-learning view (not the GenAI overview)."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def comparison_params(params: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, str]:
+    """The params runs are compared by, as `section.key` (e.g. `train.gamma`): the sections of
+    COMPARED_SECTIONS with `overrides` (a sweep point's values, same keys) on top; MLflow's 500-char cap."""
+    flat = {f"{section}.{k}": v for section in COMPARED_SECTIONS
+            for k, v in flatten(params_section(params, section)).items()}
+    flat.update(overrides or {})
+    return {k: str(v)[:500] for k, v in flat.items()}
 
 
 def dataset_hash(project_dir: Path, params: dict[str, Any]) -> str | None:
@@ -74,18 +109,21 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def resolved_config(stage: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The stage's options as it ran them: its config dataclass built from params.yaml (defaults filled in)."""
-    from stages.demo_data.digits import DemoDataConfig
-    from stages.prepare.config import PrepareConfig
-    from stages.validate.config import ValidateConfig
+def resolved_config(stage: str, params: dict[str, Any], project_dir: Path) -> dict[str, Any]:
+    """The stage's options as it ran them: for each params section it reads (dvc.yaml), its config dataclass
+    built from params.yaml (defaults filled in); the raw section where no dataclass takes it whole."""
+    from flows.project import section_config, stage_sections
+    from stages.common.config import ConfigError
 
-    classes = {"demo_data": (DemoDataConfig, "demo"), "prepare": (PrepareConfig, "prepare"),
-               "validate": (ValidateConfig, "validate")}
-    if stage not in classes:
-        return flatten(params_section(params, stage))
-    cls, section = classes[stage]
-    return flatten(build_config(cls, params_section(params, section)))
+    out: dict[str, Any] = {}
+    for section in stage_sections(project_dir, stage):
+        values = params_section(params, section)
+        cls = section_config(project_dir, section)
+        try:
+            out.update(flatten(build_config(cls, values)) if cls is not None else flatten(values))
+        except ConfigError:  # e.g. generate: shared values plus one sub-section per command
+            out.update(flatten(values))
+    return out
 
 
 def stage_outputs(stage: str, project_dir: Path, params: dict[str, Any]) -> tuple[dict[str, float], list[Path]]:
@@ -141,7 +179,7 @@ class PipelineTracker:
         def _start() -> str:
             self.experiment_id = setup_experiment(self.project_dir)
             return mlflow.start_run(experiment_id=self.experiment_id, run_name=named_run(self.run_name),
-                                    tags={"stage": "pipeline"}).info.run_id
+                                    tags={"stage": "pipeline", COMPARE_TAG: "true"}).info.run_id
 
         self.run_id = self._guard("start pipeline run", _start)
 
@@ -157,10 +195,13 @@ class PipelineTracker:
         return env
 
     def log_stage(self, stage: str, result: dict[str, Any], params: dict[str, Any]) -> None:
-        """A nested run for a stage that did not track itself (or that DVC skipped), with its real times."""
-        if stage in SELF_TRACKED and result["ran"]:
-            return
+        """A nested run for a stage that did not track itself (DVC skipped it or restored it from its run
+        cache, or the stage does not track itself), with its real times."""
         import mlflow
+
+        if (result["ran"] and self.run_id is not None and self.error is None
+                and self._guard(f"find the {stage} run", find_stage_run, self.run_id, stage)):
+            return  # it tracked itself under this pipeline run
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         def _log() -> None:
@@ -169,7 +210,7 @@ class PipelineTracker:
                                     tags={MLFLOW_PARENT_RUN_ID: self.run_id, "stage": stage,
                                           "dvc_ran": str(result["ran"]).lower()})
             run_id = run.info.run_id
-            for key, value in list(resolved_config(stage, params).items())[:100]:
+            for key, value in list(resolved_config(stage, params, self.project_dir).items())[:100]:
                 client.log_param(run_id, key, str(value)[:500])
             if result["ran"]:
                 metrics, files = stage_outputs(stage, self.project_dir, params)

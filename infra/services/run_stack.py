@@ -1,8 +1,16 @@
-"""The team services on this machine, without Docker: PostgreSQL, MLflow server, Prefect server (127.0.0.1 only).
+"""The team services on this machine, without Docker: PostgreSQL, MLflow server, Prefect server (127.0.0.1 only),
+and a DVC remote.
 
     python infra/services/run_stack.py up [--state-dir DIR] [--no-ui]   # start, print the env to use, return
     python infra/services/run_stack.py env  [--state-dir DIR]           # print the exports again
+    python infra/services/run_stack.py dvc-remote [--project-dir .]     # this checkout's DVC remote -> the stack's
     python infra/services/run_stack.py down [--state-dir DIR]           # stop what `up` started, by process id
+
+The DVC remote is a directory of the state dir (`dvc-remote/`), the shared-filesystem remote DVC supports
+natively: on a team machine, put the state dir on the shared disk (NFS, ...) and every checkout that runs
+`dvc-remote` pushes and pulls there. (The Docker stack, infra/compose.yaml, gives an S3-compatible store
+instead.) `dvc-remote` writes `.dvc/config.local` (this machine only, never committed): the remote `team`
+as the default, with `verify` on so a corrupted object is refused on pull.
 
 PostgreSQL comes from the system's packages (`apt-get install -y postgresql`; binaries in
 /usr/lib/postgresql/<ver>/bin). As root, the server runs as the `postgres` system user. Everything
@@ -142,10 +150,35 @@ class Stack:
     def prefect_api_url(self) -> str:
         return f"http://{HOST}:{self.state['prefect']['port']}/api"
 
+    @property
+    def dvc_remote(self) -> Path:
+        """The DVC remote: a directory DVC reads and writes as its shared-filesystem remote."""
+        return self.dir / "dvc-remote"
+
     def client_env(self) -> dict[str, str]:
         """What a client (flow, worker, test) needs to talk to this stack."""
         return {**QUIET_ENV, "MLFLOW_TRACKING_URI": self.mlflow_url, "PREFECT_API_URL": self.prefect_api_url,
-                "PREFECT_HOME": str(self.dir / "prefect-home")}
+                "PREFECT_HOME": str(self.dir / "prefect-home"), "SG2_DVC_REMOTE": str(self.dvc_remote)}
+
+    def start_dvc_remote(self) -> None:
+        """The remote's directory, writable by the group (teammates sharing the disk push to it too)."""
+        self.dvc_remote.mkdir(parents=True, exist_ok=True)
+        self.dvc_remote.chmod(0o2775)
+        self.state["dvc_remote"] = {"url": str(self.dvc_remote)}
+        self._save()
+
+    def configure_dvc(self, project: Path | str, name: str = "team") -> str:
+        """Make this stack's remote the default DVC remote of the checkout `project` (its config.local)."""
+        dvc = str(Path(sys.executable).with_name("dvc")) if Path(sys.executable).with_name("dvc").exists() else "dvc"
+        self.start_dvc_remote()
+        for args in (["remote", "add", "--local", "--force", "--default", name, str(self.dvc_remote)],
+                     ["remote", "modify", "--local", name, "verify", "true"]):
+            proc = subprocess.run([dvc, *args], cwd=project, capture_output=True, text=True,
+                                  env={**os.environ, **QUIET_ENV})
+            if proc.returncode != 0:
+                raise StackError(f"dvc {' '.join(args[:2])} in {project} failed: "
+                                 f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+        return name
 
     # ----------------------------------------------------------------------------------------- processes
     def _as_pg_user(self, cmd: list[str]) -> list[str]:
@@ -358,6 +391,7 @@ class Stack:
     def up(self) -> Stack:
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
+            self.start_dvc_remote()
             self.start_postgres()
             self.start_mlflow()
             self.start_prefect()
@@ -383,7 +417,8 @@ class Stack:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run_stack.py", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["up", "down", "env", "status"])
+    parser.add_argument("action", choices=["up", "down", "env", "status", "dvc-remote"])
+    parser.add_argument("--project-dir", type=Path, default=Path("."), help="dvc-remote: the checkout to configure")
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     parser.add_argument("--no-ui", action="store_true", help="Prefect server without its UI")
     parser.add_argument("--purge", action="store_true", help="down: also delete the state dir (database, artifacts)")
@@ -401,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
             print(stack.exports())
         elif args.action == "env":
             print(stack.exports())
+        elif args.action == "dvc-remote":
+            name = stack.configure_dvc(args.project_dir)
+            print(f"DVC remote '{name}' (default, verify on) -> {stack.dvc_remote}  "
+                  f"[{args.project_dir}/.dvc/config.local]")
         elif args.action == "status":
             for name, info in stack.state.get("procs", {}).items():
                 print(f"{name}: pid {info['pid']} {'running' if stack.alive(name) else 'gone'}")

@@ -104,7 +104,9 @@ def use_experiment(name: str, artifact_dir: Path = ARTIFACT_DIR) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         location = None if is_remote(mlflow.get_tracking_uri()) else artifact_dir.resolve().as_uri()
-        experiment_id = mlflow.create_experiment(name, artifact_location=location)
+        # A model-training experiment (MLflow 3 opens GenAI experiments on traces, not on the runs table).
+        experiment_id = mlflow.create_experiment(name, artifact_location=location,
+                                                 tags={"mlflow.experimentKind": "custom_model_development"})
     else:
         experiment_id = experiment.experiment_id
     # Active for nested runs too (they take the active experiment, not their parent's).

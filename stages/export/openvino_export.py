@@ -65,7 +65,10 @@ def convert_to_ir(onnx_path: str | os.PathLike, xml_path: str | os.PathLike) -> 
     ov = require_openvino()
     xml, binary = ir_paths(xml_path)
     xml.parent.mkdir(parents=True, exist_ok=True)
-    model = ov.convert_model(str(onnx_path))
+    # Core.read_model reads ONNX through the same front end as `ov.convert_model`, without the model-conversion
+    # tool's telemetry (which looks up and contacts a remote host on every call: tests/services checks that no
+    # command contacts anything but 127.0.0.1).
+    model = ov.Core().read_model(str(onnx_path))
     with tempfile.TemporaryDirectory(prefix=f".{xml.name}.", suffix=".tmp", dir=xml.parent) as tmp:
         tmp_xml, tmp_bin = ir_paths(Path(tmp) / xml.name)
         ov.save_model(model, str(tmp_xml), compress_to_fp16=False)

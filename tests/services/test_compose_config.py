@@ -16,14 +16,34 @@ def compose() -> dict:
     return yaml.safe_load((INFRA / "compose.yaml").read_text())
 
 
+def one_shot(svc: dict) -> bool:
+    return str(svc.get("restart", "")) == "no"
+
+
 def test_every_service_has_a_healthcheck_and_postgres_gates_the_servers():
     services = compose()["services"]
-    assert {"postgres", "mlflow", "prefect-server", "prefect-worker"} <= set(services)
+    assert {"postgres", "minio", "minio-init", "mlflow", "prefect-server", "prefect-worker"} <= set(services)
     for name, svc in services.items():
-        assert "healthcheck" in svc, name
+        assert "healthcheck" in svc or one_shot(svc), name
     for name in ("mlflow", "prefect-server"):
         assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name, svc in services.items():  # a one-shot job is waited for until it has succeeded
+        for dep, cond in (svc.get("depends_on") or {}).items():
+            expected = "service_completed_successfully" if one_shot(services[dep]) else "service_healthy"
+            assert cond["condition"] == expected, (name, dep)
     assert "ports" not in services["postgres"], "PostgreSQL stays on the internal network"
+
+
+def test_the_object_store_holds_the_dvc_remote_and_mlflow_artifacts():
+    services = compose()["services"]
+    mlflow = services["mlflow"]["environment"]
+    assert mlflow["MLFLOW_ARTIFACTS_DESTINATION"].startswith("${MLFLOW_ARTIFACTS_DESTINATION:-s3://${MLFLOW_BUCKET")
+    assert mlflow["MLFLOW_S3_ENDPOINT_URL"].endswith("http://minio:9000}")
+    assert services["mlflow"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    init = (INFRA / "docker" / "minio-init.sh").read_text()
+    assert 'mc mb --ignore-existing "sg2/$DVC_BUCKET" "sg2/$MLFLOW_BUCKET"' in init
+    assert services["minio-init"]["environment"]["DVC_BUCKET"] == "${DVC_BUCKET:-sg2-dvc}"
+    assert any(str(p).endswith(":9000") for p in services["minio"]["ports"]), "the S3 API is published for DVC"
 
 
 def test_published_ports_default_to_localhost():
@@ -65,3 +85,13 @@ def test_prefect_worker_serves_the_pool_of_the_deployments():
     pools = {d["work_pool"]["name"] for d in deployments}
     command = compose()["services"]["prefect-worker"]["command"]
     assert command[command.index("--pool") + 1] in pools
+
+
+def test_training_image_installs_the_onnxruntime_gpu_of_its_cuda():
+    """The image's onnxruntime-gpu follows its CUDA major version through the one table (tests/gpu/ort_gpu.py),
+    which the build context lets in."""
+    dockerfile = (INFRA / "docker" / "Dockerfile").read_text()
+    assert "COPY tests/gpu/ort_gpu.py" in dockerfile and '--cuda "${CUDA_VERSION}"' in dockerfile
+    assert re.search(r"^FROM nvidia/cuda:.*\nARG CUDA_VERSION$", dockerfile, flags=re.M)
+    ignore = (INFRA / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "!tests/gpu/ort_gpu.py" in ignore
