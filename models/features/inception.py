@@ -208,6 +208,9 @@ class InceptionV3(nn.Module):
         ))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, 3, 299, 299] -> [N, 2048]
+        # Channels-last: oneDNN's convolutions and pooling run about twice as fast on NHWC on CPU (measured on
+        # 16 images: 6.3 s -> 2.8 s on 2 cores), same features to float round-off (5e-6).
+        x = x.contiguous(memory_format=torch.channels_last)
         return self.layers(x).reshape(-1, FEATURE_DIM)
 
 
@@ -256,7 +259,7 @@ def load_inception_v3(weights: str | os.PathLike | None = None,
     """The bare FID graph with its weights, on CPU, eval mode, `requires_grad_(False)`."""
     net = InceptionV3()
     net.load_state_dict(inception_state_from_archive(resolve_inception_weights(weights, weights_dir)), strict=True)
-    return net.eval().requires_grad_(False)
+    return net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
 
 
 class InceptionV3Features(FeatureNetwork):
