@@ -76,11 +76,11 @@ def assert_same(a, b, where: str = "") -> None:
 
 
 def test_smoke_outputs_losses_and_fakes(data, tmp_path):
-    run = train(cfg(data, tmp_path / "run", steps=2, metrics=("fid50k_full",)))
+    run = train(cfg(data, tmp_path / "run", steps=2, metrics=("fid16_full",)))
     names = sorted(p.name for p in run.iterdir())
     # Snapshots less than 1 kimg apart carry kimg with three decimals, so each tick keeps its own.
     assert names == ["checkpoints", "curves.csv", "curves.png", "fakes000000.004.png", "fakes000000.008.png",
-                     "fakes_init.png", "log.txt", "network-snapshot-000000.004.safetensors",
+                     "fakes_init.png", "log.txt", "metric-fid16_full.jsonl", "network-snapshot-000000.004.safetensors",
                      "network-snapshot-000000.008.safetensors", "quality.csv", "reals.png", "stats.jsonl",
                      "training_options.json"]
     records = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
@@ -94,7 +94,7 @@ def test_smoke_outputs_losses_and_fakes(data, tmp_path):
     opts = json.loads((run / "training_options.json").read_text())
     assert opts["batch_size"] == 4 and opts["G_reg_interval"] == 4 and opts["D_reg_interval"] == 16
     log = (run / "log.txt").read_text()
-    assert "metric fid50k_full" in log and "tick 1" in log
+    assert "metric fid16_full: fid16_full" in log and "tick 1" in log  # Inception, offline
     from models import load_network
 
     nets = load_network(run / "network-snapshot-000000.008.safetensors")

@@ -138,15 +138,17 @@ def test_unreachable_tracking_server_warns_once_and_trains_on(data, tmp_path, mo
 
 def test_metrics_on_snapshots_and_missing_detector_skipped_once(data, tmp_path, store, offline):
     dets = make_detector_dir(tmp_path / "dets", feature_dim=32)
-    (dets / "vgg16.pt").unlink()  # ppl needs it: named once, then dropped for the run
-    run_dir = train(cfg(data, tmp_path / "run", steps=2, metrics=("fid12_full", "ppl2_wend"),
+    # precision/recall needs NVIDIA's vgg16.pt (its fc layers exist nowhere else, so no offline port stands in):
+    # named once, then dropped for the run
+    (dets / "vgg16.pt").unlink()
+    run_dir = train(cfg(data, tmp_path / "run", steps=2, metrics=("fid12_full", "pr123_full"),
                         detector_dir=str(dets), mlflow=True))
     lines = [json.loads(line) for line in (run_dir / "metric-fid12_full.jsonl").read_text().splitlines()]
     assert [rec["snapshot_pkl"] for rec in lines] == [f"network-snapshot-000000.00{k}.safetensors" for k in (4, 8)]
     assert all(rec["results"]["fid12_full"] > 0 for rec in lines)
-    assert not (run_dir / "metric-ppl2_wend.jsonl").exists()
+    assert not (run_dir / "metric-pr123_full.jsonl").exists()
     log = (run_dir / "log.txt").read_text()
-    assert log.count("metric ppl2_wend: skipped") == 1 and "vgg16.pt" in log
+    assert log.count("metric pr123_full: skipped") == 1 and "vgg16.pt" in log and "fully connected" in log
     assert log.count("metric fid12_full: fid12_full") == 2
     run = _only_run(store, name=f"train {run_dir.name}")
     assert len(store.get_metric_history(run.info.run_id, "Metrics/fid12_full")) == 2
