@@ -11,7 +11,6 @@ has installed them). Playwright's own browser download is never used."""
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,19 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.browser import CHROMIUM, MISSING, needs_browser, sync_playwright
 from tests.test_explore import SG3_RES, SNAPSHOTS, make_nets, reference, serving
 
-CHROMIUM = os.environ.get("SG2_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:  # pragma: no cover - depends on the machine
-    sync_playwright = None
-
-MISSING = ("playwright is not installed (infra/install/browser.sh)" if sync_playwright is None else
-           f"no Chromium at {CHROMIUM} (infra/install/browser.sh, or set SG2_CHROMIUM)"
-           if not Path(CHROMIUM).is_file() else None)
-REQUIRED = os.environ.get("SG2_REQUIRE_BROWSER") == "1"
-pytestmark = pytest.mark.skipif(MISSING is not None and not REQUIRED, reason=str(MISSING))
+pytestmark = needs_browser
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,18 +23,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("SG2_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:  # pragma: no cover - depends on the machine
-    sync_playwright = None
+from tests.browser import CHROMIUM, MISSING, needs_browser, sync_playwright
 
-MISSING = ("playwright is not installed (infra/install/browser.sh)" if sync_playwright is None else
-           f"no Chromium at {CHROMIUM} (infra/install/browser.sh, or set SG2_CHROMIUM)"
-           if not Path(CHROMIUM).is_file() else None)
-REQUIRED = os.environ.get("SG2_REQUIRE_BROWSER") == "1"
-pytestmark = pytest.mark.skipif(MISSING is not None and not REQUIRED, reason=str(MISSING))
+ROOT = Path(__file__).resolve().parents[1]
+# ~1 min (a real MLflow UI server and a browser): `make test-all` and `make test-services` run it.
+pytestmark = [needs_browser, pytest.mark.slow]
 pytest.importorskip("mlflow")
 pytest.importorskip("prefect")
 
